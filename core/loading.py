@@ -1,0 +1,232 @@
+"""Loading the released Inverse Painting weights (and ours, which use the same layout).
+
+Accepted folder layouts (``root`` is e.g. ComfyUI's ``models/inverse_painting/<name>/``):
+
+- the model-folder layout:  ``renderer/ckpt/*.ckpt`` + ``renderer/config.yaml``, ``RP/*.ckpt``,
+  ``TP_llava/``, ``base/`` (a diffusers SD1.5 folder: unet/config.json, vae/, text_encoder/, tokenizer/),
+  ``clip/`` (CLIP ViT-B/32), ``lpips/`` (LPIPS weights);
+- the official repository layout: ``checkpoints/{renderer,RP,TP_llava}`` and
+  ``base_ckpt/{realisticVisionV51_v51VAE,clip-vit-base-patch32}``.
+
+A ``.safetensors`` file next to a ``.ckpt`` of the same name (written by :func:`convert_checkpoint`) is
+preferred: it loads faster and cannot run code. ``.ckpt`` files are read with
+``torch.load(weights_only=True)`` only. Missing, unexpected and mis-shaped keys are reported by name,
+and a checkpoint of the wrong component is refused.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+RENDERER_PARTS = ("unet_state_dict", "referencenet_state_dict", "cur_image_guider_state_dict",
+                  "PE_state_dict", "image_adpater_state_dict")
+MASK_PARTS = ("RP_state_dict", "PE_state_dict")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+# the six renderer-config fields inference reads, with the release's values as defaults
+CONFIG_DEFAULTS = {"use_PE": True, "PE_type": "abs", "PE_time_interval": 5, "PE_time_max": 100,
+                   "use_TP": True, "is_train_text_encoder": False}
+
+
+class WeightFileError(RuntimeError):
+    """A weight file that is missing, unreadable, of the wrong component or with wrong keys."""
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and converting checkpoint files
+
+
+def read_checkpoint(path) -> dict:
+    """Read a checkpoint into a (possibly nested) dict of tensors.
+
+    ``.safetensors`` files written by :func:`convert_checkpoint` are un-flattened back into the
+    released structure ({"unet_state_dict": {...}, ..., "global_step": N}).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightFileError(f"weight file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                flat = {k: f.get_tensor(k) for k in f.keys()}
+            return _unflatten(flat, meta)
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except WeightFileError:
+        raise
+    except Exception as exc:  # truncated zip, bad pickle, ...
+        raise WeightFileError(f"cannot read {path} (truncated or not a checkpoint?): {exc}") from exc
+    if not isinstance(data, dict):
+        raise WeightFileError(f"{path} does not hold a dict of weights")
+    return data
+
+
+def _unflatten(flat: dict, meta: dict) -> dict:
+    nested = json.loads(meta.get("nested", "false"))
+    if not nested:
+        return flat
+    out: dict = {k: v for k, v in json.loads(meta.get("scalars", "{}")).items()}
+    for key, tensor in flat.items():
+        part, name = key.split("/", 1)
+        out.setdefault(part, {})[name] = tensor
+    return out
+
+
+def convert_checkpoint(src, dst=None) -> Path:
+    """Write a ``.ckpt`` as ``.safetensors`` beside it (or at ``dst``); returns the new path.
+
+    Nested state dicts become ``<part>/<param>`` keys; integers (epoch, global_step) go to metadata.
+    """
+    src = Path(src)
+    data = read_checkpoint(src)
+    dst = Path(dst) if dst else src.with_suffix(".safetensors")
+    flat, scalars = {}, {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for name, tensor in value.items():
+                flat[f"{key}/{name}"] = tensor.detach().contiguous()
+        elif isinstance(value, torch.Tensor):
+            flat[f"{key}/"] = value.contiguous()
+        else:
+            scalars[key] = value
+    from safetensors.torch import save_file
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    save_file(flat, str(tmp), metadata={"nested": "true", "scalars": json.dumps(scalars),
+                                        "source": src.name})
+    tmp.replace(dst)  # never leave a half-written file under the final name
+    return dst
+
+
+def require_parts(ckpt: dict, parts, component: str, path) -> None:
+    missing = [p for p in parts if p not in ckpt]
+    if missing:
+        found = ", ".join(k for k in ckpt if isinstance(ckpt[k], dict)) or "none"
+        raise WeightFileError(f"{path} is not a {component} checkpoint: missing {', '.join(missing)} "
+                              f"(state dicts found: {found})")
+
+
+def load_checked(module: torch.nn.Module, state_dict: dict, what: str, assign: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with a readable report of wrong keys and shapes."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        lines = [f"{what}: weights do not match the architecture"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
+        raise WeightFileError("\n".join(lines))
+    module.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+# ----------------------------------------------------------------------------------------------
+# finding the files of a release
+
+
+def _step(path: Path) -> int:
+    m = re.search(r"(\d+)(?=\.[a-z]+$)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def find_weight_file(folder: Path) -> Path | None:
+    """Newest checkpoint in a folder (highest step in its name); safetensors preferred per stem."""
+    if not folder.is_dir():
+        return None
+    files = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+    if not files:
+        return None
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        if p.stem not in by_stem or p.suffix == ".safetensors":
+            by_stem[p.stem] = p
+    return max(by_stem.values(), key=lambda p: (_step(p), p.name))
+
+
+def _first_dir(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+@dataclass
+class ReleasePaths:
+    root: Path
+    renderer: Path | None = None
+    renderer_config: Path | None = None
+    mask_generator: Path | None = None
+    base: Path | None = None
+    clip: Path | None = None
+    text_model: Path | None = None
+    lpips: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise WeightFileError(f"{self.root}: cannot find {', '.join(missing)}; expected the layout "
+                                  "renderer/ckpt/*.ckpt, renderer/config.yaml, RP/*.ckpt, base/ (diffusers SD1.5 "
+                                  "folder), clip/ (CLIP ViT-B/32), optional TP_llava/ and lpips/")
+
+
+def find_release(root) -> ReleasePaths:
+    root = Path(root)
+    if not root.is_dir():
+        raise WeightFileError(f"model folder not found: {root}")
+    paths = ReleasePaths(root)
+    renderer_dir = _first_dir(root / "renderer" / "ckpt", root / "renderer" / "checkpoints",
+                              root / "checkpoints" / "renderer" / "ckpt")
+    if renderer_dir is not None:
+        paths.renderer = find_weight_file(renderer_dir)
+        cfg = renderer_dir.parent / "config.yaml"
+        paths.renderer_config = cfg if cfg.is_file() else None
+    rp_dir = _first_dir(root / "RP" / "ckpt", root / "RP" / "checkpoints", root / "RP",
+                        root / "checkpoints" / "RP")
+    if rp_dir is not None:
+        paths.mask_generator = find_weight_file(rp_dir)
+    paths.base = _first_dir(root / "base", root / "base_ckpt" / "realisticVisionV51_v51VAE")
+    if paths.base is None and (root / "base_ckpt").is_dir():  # any diffusers folder under base_ckpt/
+        paths.base = next((d for d in sorted((root / "base_ckpt").iterdir()) if (d / "unet" / "config.json").is_file()), None)
+    paths.clip = _first_dir(root / "clip", root / "base_ckpt" / "clip-vit-base-patch32")
+    paths.text_model = _first_dir(root / "TP_llava", root / "checkpoints" / "TP_llava", root / "text")
+    paths.lpips = _first_dir(root / "lpips")
+    return paths
+
+
+def read_renderer_config(path: Path | None) -> dict:
+    """The renderer's training config; only the six fields inference needs are required."""
+    cfg = dict(CONFIG_DEFAULTS)
+    if path is not None:
+        import yaml
+
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        cfg.update({k: loaded[k] for k in loaded})
+    if cfg.get("PE_type") != "abs":
+        raise WeightFileError(f"renderer config: PE_type {cfg.get('PE_type')!r} is not supported (only 'abs')")
+    return cfg
+
+
+def read_unet_config(base: Path) -> dict:
+    path = base / "unet" / "config.json"
+    if not path.is_file():
+        raise WeightFileError(f"UNet config not found: {path}")
+    return json.loads(path.read_text())
+
+
+def unet_config_for(state_dict: dict, base_config: dict) -> dict:
+    """Base UNet config with channel counts and context width taken from the checkpoint's shapes."""
+    cfg = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    cfg["in_channels"] = int(state_dict["conv_in.weight"].shape[1])
+    if "conv_out.weight" in state_dict:
+        cfg["out_channels"] = int(state_dict["conv_out.weight"].shape[0])
+    attn2 = next((k for k in state_dict if k.endswith("attn2.to_k.weight")), None)
+    if attn2 is not None:
+        cfg["cross_attention_dim"] = int(state_dict[attn2].shape[1])
+    return cfg

@@ -1,0 +1,173 @@
+"""The set of networks one painting needs, built from a release folder.
+
+``ModelSet.from_release(root)`` builds every network from the configs and checkpoint shapes (never from
+SD1.5 constants), loads the weights strictly, and shares the one SD VAE and text encoder between the
+mask generator and the renderer (the release loads three text encoders and two VAEs).
+Large UNets are created on the meta device and then receive their weights (``assign=True``), so no
+random initialisation is computed for nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models.feature_encoder import CanvasFeatureEncoder
+from ..models.mask_unet import MaskUNet
+from ..models.next_clip import NextClipPredictor
+from ..models.referencenet import ReferenceNet
+from ..models.renderer_unet import RendererUNet
+from ..models.time_encoder import TimeEncoder
+from .clip_image import ClipImageEmbedder
+from .loading import (MASK_PARTS, RENDERER_PARTS, ReleasePaths, WeightFileError, find_release, load_checked,
+                      read_checkpoint, read_renderer_config, read_unet_config, require_parts, unet_config_for)
+from .text_encoding import TextEncoder, load_tokenizer
+
+
+def _build_on_meta(factory):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return factory()
+
+
+@dataclass
+class RendererNets:
+    unet: RendererUNet
+    referencenet: ReferenceNet
+    feature_encoder: CanvasFeatureEncoder
+    next_clip: NextClipPredictor
+    time_encoder: TimeEncoder
+    step: int = -1
+
+
+@dataclass
+class MaskNets:
+    unet: MaskUNet
+    time_encoder: TimeEncoder
+    step: int = -1
+
+
+@dataclass
+class ModelSet:
+    vae: torch.nn.Module
+    text: TextEncoder
+    clip: ClipImageEmbedder
+    renderer: RendererNets | None
+    mask: MaskNets | None
+    config: dict
+    paths: ReleasePaths | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    time_dtype: torch.dtype = torch.float32  # float16 reproduces the released inference (spec B5)
+
+    @property
+    def vae_scale(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"vae": self.vae, "text_encoder": self.text.encoder, "clip_vision": self.clip.vision}
+        if self.renderer is not None:
+            r = self.renderer
+            mods.update(renderer_unet=r.unet, referencenet=r.referencenet, feature_encoder=r.feature_encoder,
+                        next_clip=r.next_clip, renderer_time_encoder=r.time_encoder)
+        if self.mask is not None:
+            mods.update(mask_unet=self.mask.unet, mask_time_encoder=self.mask.time_encoder)
+        return mods
+
+    def to(self, device=None, dtype=None) -> "ModelSet":
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        for name, m in self.modules().items():
+            m.to(device=device, dtype=self.time_dtype if name.endswith("time_encoder") else dtype)
+        self.device, self.dtype = device, dtype
+        self.text.clear()
+        return self
+
+    @classmethod
+    def from_release(cls, root, device="cpu", dtype=torch.float32, time_dtype=None,
+                     renderer: bool = True, mask_generator: bool = True) -> "ModelSet":
+        from diffusers import AutoencoderKL
+        from transformers import CLIPImageProcessor, CLIPTextModel, CLIPVisionModel
+
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        # the CLIP folder is a full CLIPModel: its text tower's keys are expected to be "unexpected"
+        transformers_logging.set_verbosity_error()
+        diffusers_logging.set_verbosity_error()
+        paths = find_release(root)
+        paths.require("base", "clip", *(["renderer"] if renderer else []), *(["mask_generator"] if mask_generator else []))
+        config = read_renderer_config(paths.renderer_config)
+        base_unet = read_unet_config(paths.base)
+
+        vae = AutoencoderKL.from_pretrained(str(paths.base / "vae"), local_files_only=True)
+        tokenizer = load_tokenizer(paths.base / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(str(paths.base / "text_encoder"), local_files_only=True)
+        processor = CLIPImageProcessor.from_pretrained(str(paths.clip), local_files_only=True)
+        vision = CLIPVisionModel.from_pretrained(str(paths.clip), local_files_only=True)
+        pe_kwargs = dict(round_to=float(config["PE_time_interval"]), max_seconds=float(config["PE_time_max"]))
+
+        renderer_nets = None
+        if renderer:
+            ckpt = read_checkpoint(paths.renderer)
+            require_parts(ckpt, RENDERER_PARTS, "renderer", paths.renderer)
+            unet_sd = ckpt["unet_state_dict"]
+            ucfg = unet_config_for(unet_sd, base_unet)
+            unet = _build_on_meta(lambda: RendererUNet(ucfg))
+            load_checked(unet.unet, unet_sd, f"renderer UNet ({paths.renderer.name})", assign=True)
+            refnet = _build_on_meta(lambda: ReferenceNet(ucfg))
+            load_checked(refnet.unet, ckpt["referencenet_state_dict"], f"ReferenceNet ({paths.renderer.name})", assign=True)
+            renderer_nets = RendererNets(
+                unet, refnet,
+                CanvasFeatureEncoder.from_state_dict(ckpt["cur_image_guider_state_dict"]),
+                NextClipPredictor.from_state_dict(ckpt["image_adpater_state_dict"]),
+                TimeEncoder.from_state_dict(ckpt["PE_state_dict"], **pe_kwargs),
+                int(ckpt.get("global_step", -1)))
+            del ckpt
+        mask_nets = None
+        if mask_generator:
+            ckpt = read_checkpoint(paths.mask_generator)
+            if "RP_state_dict" not in ckpt and "unet_state_dict" in ckpt:
+                raise WeightFileError(f"{paths.mask_generator} is a renderer checkpoint, not a mask-generator (RP) one")
+            require_parts(ckpt, MASK_PARTS, "mask-generator (RP)", paths.mask_generator)
+            rp_sd = ckpt["RP_state_dict"]
+            mcfg = unet_config_for(rp_sd, base_unet)
+            munet = _build_on_meta(lambda: MaskUNet(mcfg))
+            load_checked(munet.unet, rp_sd, f"mask-generator UNet ({paths.mask_generator.name})", assign=True)
+            mask_nets = MaskNets(munet, TimeEncoder.from_state_dict(ckpt["PE_state_dict"], **pe_kwargs),
+                                 int(ckpt.get("global_step", -1)))
+            del ckpt
+        models = cls(vae, TextEncoder(tokenizer, text_encoder), ClipImageEmbedder(processor, vision),
+                     renderer_nets, mask_nets, config, paths, time_dtype=time_dtype or dtype)
+        for m in models.modules().values():
+            m.eval().requires_grad_(False)
+        return models.to(device, dtype)
+
+    @torch.no_grad()
+    def encode_latents(self, image_m11: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [-1,1] -> scaled posterior-mean latents (deterministic; the release samples)."""
+        x = image_m11.to(self.device, self.dtype).contiguous()
+        return self.vae.encode(x).latent_dist.mean * self.vae_scale
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> (B,3,H,W) image in [0, 1] (clamped), float32."""
+        img = self.vae.decode(latents.to(self.dtype) / self.vae_scale).sample
+        return (img.float() / 2 + 0.5).clamp(0, 1)
+
+
+def build_meta_networks(unet_config: dict, mask_in: int = 9, context_dim: int | None = None) -> dict:
+    """All trainable networks on the meta device at a given UNet config (for key/shape manifests)."""
+    cfg = dict(unet_config)
+    if context_dim is not None:
+        cfg["cross_attention_dim"] = context_dim
+    mcfg = dict(cfg, in_channels=mask_in, out_channels=1)
+    return {
+        "renderer_unet": _build_on_meta(lambda: RendererUNet(cfg)).unet,
+        "referencenet": _build_on_meta(lambda: ReferenceNet(cfg)).unet,
+        "mask_unet": _build_on_meta(lambda: MaskUNet(mcfg)).unet,
+    }
+
+

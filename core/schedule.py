@@ -1,0 +1,55 @@
+"""The official noise schedule: linear betas 0.00085..0.012 over 1000 steps, Euler-ancestral, linspace.
+
+Note that it is *linear* beta, not SD's scaled_linear: sigma_max is 25.146 (14.61 with scaled_linear).
+Sigmas and the fractional timesteps handed to the UNet come from diffusers' own
+EulerAncestralDiscreteScheduler, configured as the release configures it. For sigmas from elsewhere
+(e.g. a ComfyUI SIGMAS input) :meth:`Schedule.timestep` inverts the schedule's sigma(t) by linear
+interpolation, which returns the exact official t for the official sigmas.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SCHEDULER_KWARGS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                        timestep_spacing="linspace", prediction_type="epsilon", steps_offset=1)
+
+
+def make_scheduler(**overrides):
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler(**{**SCHEDULER_KWARGS, **overrides})
+
+
+@dataclass
+class Schedule:
+    """Training-time sigma table (sigma(t) for t = 0..999) and the sampling sigmas of one run."""
+
+    train_sigmas: np.ndarray  # (1000,), increasing in t
+
+    @classmethod
+    def official(cls) -> "Schedule":
+        s = make_scheduler()
+        alphas_cumprod = s.alphas_cumprod.numpy().astype(np.float64)
+        return cls(np.sqrt((1 - alphas_cumprod) / alphas_cumprod))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.train_sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.train_sigmas[-1])
+
+    def sampling(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmas with a final 0, timesteps) exactly as the diffusers scheduler computes them."""
+        s = make_scheduler()
+        s.set_timesteps(steps)
+        return s.sigmas.float().clone(), s.timesteps.float().clone()
+
+    def timestep(self, sigma: float) -> float:
+        """Fractional t for a sigma (inverse of the linear-in-t interpolation of sigma(t))."""
+        t = np.interp(float(sigma), self.train_sigmas, np.arange(len(self.train_sigmas), dtype=np.float64))
+        return float(t)
