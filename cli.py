@@ -1,1 +1,187 @@
-def main():\n    pass
+"""Command line: ``inverse-painting`` (paint, parity, convert, tiny-release, evaluate).
+
+    inverse-painting paint IMAGE --models DIR --out OUT [--instructions "sky|mountain|details"]
+    inverse-painting parity FIXTURE_DIR          # one line per case, exit 1 on any failure
+    inverse-painting convert DIR_OR_CKPT         # .ckpt -> .safetensors beside it
+    inverse-painting tiny-release OUT            # a random release in the real formats (tests, demos)
+    inverse-painting evaluate GENERATED REAL     # the paper's metrics (see evaluation/)
+
+Without ``--models`` the painter uses the bundled starter model when present, else a tiny random
+release written to a cache folder (no download; its pictures are noise, but every stage runs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+PACK_DIR = Path(__file__).resolve().parent
+STARTER_MODEL = PACK_DIR / "assets" / "starter_model"
+EXAMPLE_IMAGE = PACK_DIR / "assets" / "example.png"
+
+
+def _default_models() -> Path:
+    if (STARTER_MODEL / "renderer").is_dir():
+        return STARTER_MODEL
+    from .core.tiny_release import write_random_release
+
+    cache = Path(os.environ.get("INVERSE_PAINTING_CACHE", Path.home() / ".cache" / "inverse_painting")) / "tiny_random_release"
+    if not (cache / "RP").is_dir():
+        print(f"no starter model bundled: writing a tiny random release to {cache} (pictures will be noise)")
+        write_random_release(cache)
+    return cache
+
+
+def _parse_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def cmd_paint(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .core.export import write_process
+    from .core.guidance import GuidanceScales
+    from .core.imaging import prepare_image
+    from .core.loop import Painter, PaintSettings
+    from .core.model_set import ModelSet
+    from .models.lpips_net import load_perceptual_metric
+    from .models.text_instruction import ManualInstructions, TextInstructionGenerator, parse_instruction_list
+
+    image_path = Path(args.image) if args.image else EXAMPLE_IMAGE
+    if not image_path.is_file():
+        print(f"error: image not found: {image_path}", file=sys.stderr)
+        return 2
+    try:
+        img = Image.open(image_path)
+        img.load()
+    except Exception as exc:
+        print(f"error: cannot read image {image_path}: {exc}", file=sys.stderr)
+        return 2
+    working = prepare_image(img, args.short_side)
+    if working.note:
+        print(f"input: {working.note}")
+    models_dir = Path(args.models) if args.models else _default_models()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = ModelSet.from_release(models_dir, device=device, dtype=_parse_dtype(args.dtype),
+                                   time_dtype=torch.float16 if args.official_fp16_time else None)
+    lpips_dir = models.paths.lpips if models.paths.lpips is not None else None
+    metric = load_perceptual_metric(args.metric, weights_dir=lpips_dir, device=device)
+    if args.instructions:
+        text = ManualInstructions(parse_instruction_list(args.instructions))
+    elif models.paths.text_model is not None:
+        text = TextInstructionGenerator.from_pretrained(models.paths.text_model, device=device)
+    else:
+        print("error: no text-instruction model in the models folder: pass --instructions", file=sys.stderr)
+        return 2
+    settings = PaintSettings(interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps,
+                             seed=args.seed, short_side=args.short_side, fast_guidance=not args.six_branch,
+                             scales=GuidanceScales(*args.guidance))
+    painter = Painter(models, metric)
+    frames = [working.white_canvas()[: working.size[0], : working.size[1]]]
+    masks = [np.zeros(working.size, np.uint8)]
+    records = [{"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None}]
+    start = time.time()
+    for kf in painter.paint(working, settings, instructions=text):
+        frames.append(kf.cropped)
+        masks.append((kf.mask[0, 0, : kf.size[0], : kf.size[1]].cpu().numpy() > 0.5).astype(np.uint8) * 255)
+        records.append(kf.record())
+        print(f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
+              f"LPIPS to target {kf.lpips_to_target:.4f}  ({time.time() - start:.1f}s)", flush=True)
+    manifest = write_process(args.out, frames, records, dict(settings.to_dict(), metric=args.metric,
+                             models=str(models_dir), image=str(image_path)), masks=masks,
+                             extra={"stop_reason": painter.last_stop_reason})
+    print(f"stopped: {painter.last_stop_reason}; wrote {len(frames)} frames, "
+          f"{', '.join(k for k in ('webp', 'mp4') if k in manifest)} and manifest.json to {args.out}")
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from .core.parity import run_fixture_dir
+
+    results = run_fixture_dir(args.fixture_dir, only=args.case or None)
+    if not results:
+        print(f"no cases found under {args.fixture_dir}/cases", file=sys.stderr)
+        return 1
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def cmd_convert(args) -> int:
+    from .core.loading import WEIGHT_SUFFIXES, convert_checkpoint
+
+    target = Path(args.path)
+    files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.suffix in (".ckpt", ".pt", ".pth")
+                                                     and p.parent.name != "lpips" and p.suffix in WEIGHT_SUFFIXES)
+    for f in files:
+        print(f"{f} -> {convert_checkpoint(f)}")
+    return 0
+
+
+def cmd_tiny_release(args) -> int:
+    from .core.tiny_release import write_random_release
+
+    print(write_random_release(args.out, seed=args.seed))
+    return 0
+
+
+def cmd_evaluate(argv) -> int:
+    from .evaluation.cli import main as evaluate_main
+
+    return evaluate_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inverse-painting", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    paint = sub.add_parser("paint", help="paint a time-lapse of an image")
+    paint.add_argument("image", nargs="?", help="the finished painting (default: the bundled example)")
+    paint.add_argument("--models", help="model folder (released layout); default: starter model or tiny random")
+    paint.add_argument("--out", default="output/timelapse", help="output folder")
+    paint.add_argument("--instructions", help="manual instructions, '|' or newline separated (one per keyframe; "
+                                              "the last repeats); default: the folder's LLaVA text model")
+    paint.add_argument("--interval", type=float, default=20.0, help="seconds of painting per keyframe")
+    paint.add_argument("--max-keyframes", type=int, default=50)
+    paint.add_argument("--steps", type=int, default=25, help="denoising steps per keyframe")
+    paint.add_argument("--seed", type=int, default=1)
+    paint.add_argument("--guidance", type=float, nargs=5, default=[2.0, 1.0, 5.0, 5.0, 5.0],
+                       metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"))
+    paint.add_argument("--short-side", type=int, default=512, help="resize the input to this short side first")
+    paint.add_argument("--metric", default="lpips_alex", choices=["lpips_alex", "stlpips_alex"],
+                       help="difference metric (lpips_alex needs the AlexNet file in <models>/lpips/)")
+    paint.add_argument("--device")
+    paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")
+    paint.add_argument("--official-fp16-time", action="store_true", help="time encoder in fp16 like the release")
+    paint.set_defaults(func=cmd_paint)
+    par = sub.add_parser("parity", help="check a fixture folder (laid out like shared/parity)")
+    par.add_argument("fixture_dir")
+    par.add_argument("--case", action="append", help="only this case (repeatable)")
+    par.set_defaults(func=cmd_parity)
+    conv = sub.add_parser("convert", help="convert .ckpt checkpoints to .safetensors (beside them)")
+    conv.add_argument("path")
+    conv.set_defaults(func=cmd_convert)
+    tiny = sub.add_parser("tiny-release", help="write a tiny random release in the real formats")
+    tiny.add_argument("out")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_release)
+    sub.add_parser("evaluate", help="the paper's metrics: evaluate GENERATED REAL [options]", add_help=False)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "evaluate":
+        return cmd_evaluate(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -145,7 +145,7 @@ def uint8_to_tensor(image: np.ndarray, device=None, dtype=torch.float32, scheme:
     each stage matches its fixture: "unit" x/255*2-1 (mask generator, LPIPS), "half" (x/255-0.5)/0.5
     (feature-encoder canvas), "centered" x/127.5-1 (renderer target for the VAE).
     """
-    t = torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=dtype)
+    t = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device=device, dtype=dtype)
     if scheme == "unit":
         t = t / 255.0 * 2 - 1
     elif scheme == "half":

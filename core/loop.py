@@ -1,0 +1,191 @@
+"""The painting loop: from a blank (or given) canvas to the target, one keyframe per time interval.
+
+Each keyframe: text instruction (LLaVA, or a user list) -> difference mask + mask generator (one pass,
+threshold ladder) -> renderer -> stop-rule distances. The stop tests run before each keyframe, as in
+the release: stop when the last LPIPS(target, keyframe) < 0.1, or when the last two
+LPIPS(canvas, keyframe) < 1e-3 once more than three keyframes exist, or at ``max_keyframes``.
+
+Everything stays in memory (the release writes and re-reads PNGs several times per keyframe). The loop
+is a generator: it yields each :class:`Keyframe` as soon as it is made, so callers can stream previews
+and progress. For a given seed and settings it is deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .difference_mask import DIFFERENCE_THRESHOLD, stop_rule_distance
+from .guidance import GuidanceScales
+from .imaging import WorkingImage, prepare_image
+from .mask_generator import LadderResult, MaskGenerator
+from .model_set import ModelSet
+from .renderer import ExternalSampler, Renderer
+from .sampling import NoiseSource
+
+
+@dataclass
+class PaintSettings:
+    interval_s: float = 20.0
+    max_keyframes: int = 50
+    steps: int = 25
+    seed: int = 1
+    scales: GuidanceScales = field(default_factory=GuidanceScales)
+    fast_guidance: bool = True  # skip zero-weight guidance branches (equal to float tolerance)
+    difference_threshold: float = DIFFERENCE_THRESHOLD
+    threshold_ladder: bool = True
+    combine_init: bool = True
+    combine_ratio: float = 0.2
+    stop_target_distance: float = 0.1
+    stop_change: float = 1e-3
+    stop_min_keyframes: int = 4  # the change rule needs more than three keyframes
+    short_side: int | None = 512
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["scales"] = asdict(self.scales)
+        return d
+
+
+@dataclass
+class Keyframe:
+    index: int  # 1-based: keyframe k shows the painting at time k * interval
+    time_s: float
+    image: np.ndarray  # uint8 (H, W, 3) at working size (padded); `cropped` removes the pad
+    instruction: str
+    mask: torch.Tensor  # (1, 1, H, W) {0, 1}: region the renderer was told to paint
+    mask_latent: torch.Tensor
+    difference: torch.Tensor  # (1, 1, h, w) latent LPIPS difference mask (mask-generator input)
+    threshold: float | None  # mask threshold the ladder chose (None: user mask)
+    ladder: list[dict]
+    lpips_to_target: float
+    lpips_change: float  # LPIPS(previous canvas, this keyframe)
+    latents: torch.Tensor
+    size: tuple[int, int]
+
+    @property
+    def cropped(self) -> np.ndarray:
+        return self.image[: self.size[0], : self.size[1]]
+
+    @property
+    def mask_area(self) -> float:
+        h, w = self.size
+        return float(self.mask[0, 0, :h, :w].float().mean())
+
+    def record(self) -> dict:
+        """JSON-friendly summary (manifest entry)."""
+        return {"index": self.index, "time_s": self.time_s, "instruction": self.instruction,
+                "mask_area": round(self.mask_area, 6), "mask_threshold": self.threshold,
+                "lpips_to_target": round(self.lpips_to_target, 6), "lpips_change": round(self.lpips_change, 6),
+                "ladder": self.ladder}
+
+
+class ManualMasks:
+    """User masks per keyframe (None entries fall back to the mask generator)."""
+
+    def __init__(self, masks: Sequence[torch.Tensor | np.ndarray | None]):
+        self.masks = list(masks)
+
+    def get(self, k: int):
+        return self.masks[k] if k < len(self.masks) else None
+
+
+class Painter:
+    """Holds the networks; ``paint`` runs the loop for one target."""
+
+    def __init__(self, models: ModelSet, metric, text_generator=None):
+        self.models = models
+        self.metric = metric
+        self.renderer = Renderer(models)
+        self.mask_generator = MaskGenerator(models, metric) if models.mask is not None else None
+        self.text_generator = text_generator
+
+    def prepare(self, target, short_side: int | None = 512) -> WorkingImage:
+        return target if isinstance(target, WorkingImage) else prepare_image(target, short_side)
+
+    def _mask_from_user(self, mask, working: WorkingImage) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, torch.Tensor) else mask).float()
+        while t.ndim < 4:
+            t = t[None]
+        H, W = working.hw
+        if tuple(t.shape[-2:]) != (H, W):
+            h, w = working.size
+            t = torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")
+            t = torch.nn.functional.pad(t, (0, W - w, 0, H - h))
+        # the renderer was trained with masks of 8x8 latent blocks: snap a free-hand mask to that grid
+        lat = torch.nn.functional.max_pool2d((t > 0.5).float(), 8)
+        return torch.nn.functional.interpolate(lat, size=(H, W), mode="nearest")
+
+    def paint(self, target, settings: PaintSettings = PaintSettings(), instructions=None, masks=None,
+              start_canvas=None, sampler: ExternalSampler | None = None, sigmas: torch.Tensor | None = None,
+              step_callback: Callable[[int, dict], None] | None = None, noise_draws: torch.Tensor | None = None,
+              trace: list | None = None) -> Iterator[Keyframe]:
+        """Yield keyframes until a stop rule fires.
+
+        ``instructions``: an object with ``generate(canvas, target, keyframe_index=k) -> str`` (LLaVA or
+        a manual list); defaults to the text generator given to the Painter. ``masks``: optional
+        per-keyframe user masks (None entries use the mask generator). ``step_callback(k, info)`` is
+        called after every denoising step (progress / interruption). ``noise_draws`` injects noise (tests).
+        The generator's ``stop_reason`` attribute is not available; read ``Painter.last_stop_reason``.
+        """
+        working = self.prepare(target, settings.short_side)
+        text = instructions if instructions is not None else self.text_generator
+        if text is None:
+            raise ValueError("no instructions: load a text-instruction model or pass a list of instructions")
+        user_masks = masks if isinstance(masks, ManualMasks) or masks is None else ManualMasks(masks)
+        tstate = self.renderer.prepare_target(working.padded)
+        canvas = working.fit(start_canvas) if start_canvas is not None else working.white_canvas()
+        target_img = working.padded
+        prev_mask = prev_latents = None
+        changes: list[float] = []
+        to_target: list[float] = []
+        self.last_stop_reason = "max_keyframes"
+        latent_shape = (1, tstate.latents.shape[1], *working.latent_hw)
+        for k in range(settings.max_keyframes):
+            if len(changes) >= settings.stop_min_keyframes and all(c < settings.stop_change for c in changes[-2:]):
+                self.last_stop_reason = "canvas_stopped_changing"
+                break
+            if to_target and to_target[-1] < settings.stop_target_distance:
+                self.last_stop_reason = "close_to_target"
+                break
+            instruction = str(text.generate(canvas, target_img, keyframe_index=k)).strip()
+            user = user_masks.get(k) if user_masks is not None else None
+            if user is not None:
+                mask_full = self._mask_from_user(user, working).to(self.models.device)
+                mask_lat = torch.nn.functional.interpolate(mask_full, size=working.latent_hw, mode="nearest")
+                from .difference_mask import compute_difference_mask
+
+                difference = compute_difference_mask(self.metric, canvas, target_img, settings.difference_threshold,
+                                                     working.latent_hw).latent
+                chosen = LadderResult(mask_lat, mask_full, None, [{"decision": "user mask"}])
+            else:
+                if self.mask_generator is None:
+                    raise ValueError("no mask generator loaded and no mask given for keyframe %d" % k)
+                pred = self.mask_generator.predict(canvas, target_img, instruction, settings.interval_s,
+                                                   settings.difference_threshold, target_latents=tstate.latents)
+                chosen = self.mask_generator.choose(pred, prev_mask, first=k == 0, ladder=settings.threshold_ladder)
+                difference = pred.difference
+                if trace is not None:
+                    trace.append({"keyframe": k, "rp_logits": pred.logits, "difference": pred.difference})
+            conds = self.renderer.conditions(tstate, canvas, chosen.mask_full, instruction, settings.interval_s)
+            draws = None if noise_draws is None else noise_draws
+            noise = NoiseSource(settings.seed, latent_shape, self.models.device, self.models.dtype,
+                                first_keyframe=k == 0, draws=draws)
+            cb = None
+            if step_callback is not None:
+                cb = lambda info, _k=k: step_callback(_k, info)  # noqa: E731
+            result = self.renderer.render(
+                conds, noise, settings.steps, settings.scales, settings.fast_guidance,
+                prev_latents if (settings.combine_init and k > 0) else None, settings.combine_ratio,
+                sampler=sampler, sigmas=sigmas, callback=cb)
+            change = stop_rule_distance(self.metric, canvas, result.image)
+            dist = stop_rule_distance(self.metric, target_img, result.image)
+            changes.append(change)
+            to_target.append(dist)
+            yield Keyframe(k + 1, (k + 1) * settings.interval_s, result.image, instruction, chosen.mask_full,
+                           chosen.mask_latent, difference, chosen.threshold, chosen.trail, dist, change,
+                           result.latents, working.size)
+            canvas = working.repad(result.image)  # crop to the painted area, re-blacken the pad
+            prev_mask, prev_latents = chosen.mask_full, result.latents

@@ -1,0 +1,94 @@
+"""Unit tests of the core pieces that the parity cases do not isolate."""
+import numpy as np
+import pytest
+import torch
+
+from inverse_painting.core.guidance import GuidanceScales, combine_six, combine_weighted
+from inverse_painting.core.imaging import ImageInputError, prepare_image, to_rgb_uint8
+from inverse_painting.core.mask_generator import iou, threshold_ladder
+from inverse_painting.core.sampling import NoiseSource
+from inverse_painting.core.schedule import Schedule
+from inverse_painting.models.time_encoder import normalise_interval
+
+
+def test_interval_rounding_is_bankers():
+    assert normalise_interval(12.5) == 0.1  # round(2.5) == 2
+    assert normalise_interval(2.5) == 0.0
+    assert normalise_interval(37) == 0.35
+    assert normalise_interval(500) == 1.0
+
+
+@pytest.mark.parametrize("scales", [GuidanceScales(), GuidanceScales(3, 1.5, 2, 4, 7), GuidanceScales(1, 1, 1, 1, 1)])
+def test_fast_guidance_equals_six_branch(scales):
+    eps = torch.randn(6, 4, 8, 8, dtype=torch.float64)
+    active = scales.active_branches()
+    fast = combine_weighted(eps[list(active)], active, scales)
+    assert torch.allclose(fast, combine_six(eps, scales), atol=1e-12)
+
+
+def test_default_scales_skip_two_branches():
+    assert GuidanceScales().weights() == (-1.0, 1.0, -4.0, 0.0, 0.0, 5.0)
+    assert GuidanceScales().active_branches() == (0, 1, 2, 5)
+
+
+def test_official_schedule_values():
+    sigmas, timesteps = Schedule.official().sampling(25)
+    assert abs(float(sigmas[0]) - 25.1461) < 1e-3 and float(sigmas[-1]) == 0
+    assert abs(float(sigmas[1]) - 19.6429) < 1e-3 and abs(float(sigmas[-2]) - 0.0292) < 1e-3
+    assert float(timesteps[0]) == 999 and abs(float(timesteps[1]) - 957.375) < 1e-4
+    sched = Schedule.official()
+    for s, t in zip(sigmas[:-1], timesteps):
+        assert abs(sched.timestep(float(s)) - float(t)) < 1e-2
+
+
+def test_noise_source_reproduces_the_release_draw_pattern():
+    first = NoiseSource(7, (1, 4, 2, 2), first_keyframe=True)
+    later = NoiseSource(7, (1, 4, 2, 2))
+    # keyframe 0 spends one draw first; later keyframes reuse the same stream shifted by one
+    assert torch.equal(first.initial(), later.step(0))
+    assert torch.equal(first.step(3), later.step(4))
+    assert not torch.equal(first.initial(), later.initial())
+
+
+def test_ladder_rules():
+    H = W = 64
+    prob = torch.zeros(1, 1, 8, 8)
+    prob[..., :4, :] = 0.45  # half the image at 0.45
+    prob[..., 0, 0] = 0.9  # one cell above 0.5: too small (1/64 < 5 %)
+    prev = torch.zeros(1, 1, H, W)
+    r = threshold_ladder(prob, (H, W), prev, first=False)
+    assert r.threshold == 0.4 and [t["decision"] for t in r.trail] == ["too_small_continue", "accept"]
+    # the same region as before: IoU 1 at every threshold -> fall back to the last one
+    prev = torch.nn.functional.interpolate((prob > 0.4).float(), size=(H, W))
+    prob2 = prob.clone()
+    r = threshold_ladder(prob2, (H, W), prev, first=False)
+    assert r.threshold == 0.1 and "fallback" in r.trail[-1]["decision"]
+    assert threshold_ladder(prob, (H, W), None, first=True).threshold == 0.5
+    assert iou(torch.ones(4), torch.ones(4)) == 1.0
+
+
+def test_image_inputs_are_converted_or_refused():
+    from PIL import Image
+
+    rgba = Image.new("RGBA", (100, 80), (255, 0, 0, 0))
+    assert to_rgb_uint8(rgba)[0, 0].tolist() == [255, 255, 255]  # transparent -> white canvas
+    grey = Image.new("L", (100, 80), 7)
+    assert to_rgb_uint8(grey).shape == (80, 100, 3)
+    with pytest.raises(ImageInputError, match="batch"):
+        to_rgb_uint8(np.zeros((2, 64, 64, 3), np.uint8))
+    with pytest.raises(ImageInputError, match="at least"):
+        prepare_image(np.zeros((40, 100, 3), np.uint8))
+    w = prepare_image(np.zeros((300, 400, 3), np.uint8), 128)
+    assert w.size == (128, 170) and w.hw == (128, 176) and "resized" in w.note
+    assert w.padded[:, 170:].max() == 0
+    big = prepare_image(np.zeros((5000, 100 * 50, 3), np.uint8), 512)
+    assert min(big.size) == 512
+    with pytest.raises(ImageInputError, match="4096"):
+        prepare_image(np.zeros((5000, 5000, 3), np.uint8), None)
+
+
+def test_canvas_repad_keeps_geometry():
+    w = prepare_image(np.full((100, 130, 3), 9, np.uint8), None)
+    painted = np.full((*w.hw, 3), 200, np.uint8)
+    nxt = w.repad(painted)
+    assert nxt.shape == painted.shape and nxt[:100, :130].min() == 200 and nxt[100:].max() == 0
