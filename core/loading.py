@@ -32,6 +32,16 @@ CONFIG_DEFAULTS = {"use_PE": True, "PE_type": "abs", "PE_time_interval": 5, "PE_
                    "use_TP": True, "is_train_text_encoder": False}
 
 
+# the standard SD1.5 UNet config (the release's base model is assumed to use it; used for manifests/benchmarks)
+SD15_UNET_CONFIG = {
+    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1,
+    "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 32, "out_channels": 4,
+    "sample_size": 64, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+
+
 class WeightFileError(RuntimeError):
     """A weight file that is missing, unreadable, of the wrong component or with wrong keys."""
 

@@ -14,14 +14,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def parity_dir() -> Path | None:
-    for cand in (os.environ.get("PARITY_DIR"), REPO.parent / "shared" / "parity", REPO / "shared" / "parity"):
-        if cand and (Path(cand) / "cases").is_dir():
-            return Path(cand)
-    return None
+from fixture_paths import parity_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,19 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from inverse_painting.core.loading import WeightFileError, convert_checkpoint, find_release, read_checkpoint
+from inverse_painting.core.loading import SD15_UNET_CONFIG, WeightFileError, convert_checkpoint, find_release, read_checkpoint
 from inverse_painting.core.model_set import ModelSet, build_meta_networks
 
-from conftest import REPO
+from fixture_paths import REPO
 
 MANIFESTS = REPO.parent / "shared" / "reference" / "manifests"
 
-SD15 = {"act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
-        "center_input_sample": False, "cross_attention_dim": 768,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1,
-        "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-        "mid_block_scale_factor": 1, "norm_eps": 1e-5, "norm_num_groups": 32, "out_channels": 4,
-        "sample_size": 64, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+SD15 = SD15_UNET_CONFIG
 
 
 def _shapes(module):
