@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .difference_mask import DIFFERENCE_THRESHOLD, stop_rule_distance
+from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop_rule_distance
 from .guidance import GuidanceScales
 from .imaging import WorkingImage, prepare_image
 from .mask_generator import LadderResult, MaskGenerator
@@ -127,8 +127,8 @@ class Painter:
         ``instructions``: an object with ``generate(canvas, target, keyframe_index=k) -> str`` (LLaVA or
         a manual list); defaults to the text generator given to the Painter. ``masks``: optional
         per-keyframe user masks (None entries use the mask generator). ``step_callback(k, info)`` is
-        called after every denoising step (progress / interruption). ``noise_draws`` injects noise (tests).
-        The generator's ``stop_reason`` attribute is not available; read ``Painter.last_stop_reason``.
+        called after every denoising step (progress / interruption; raise to stop). ``noise_draws``
+        injects noise (tests). Why the loop ended is in ``self.last_stop_reason`` afterwards.
         """
         working = self.prepare(target, settings.short_side)
         text = instructions if instructions is not None else self.text_generator
@@ -155,8 +155,6 @@ class Painter:
             if user is not None:
                 mask_full = self._mask_from_user(user, working).to(self.models.device)
                 mask_lat = torch.nn.functional.interpolate(mask_full, size=working.latent_hw, mode="nearest")
-                from .difference_mask import compute_difference_mask
-
                 difference = compute_difference_mask(self.metric, canvas, target_img, settings.difference_threshold,
                                                      working.latent_hw).latent
                 chosen = LadderResult(mask_lat, mask_full, None, [{"decision": "user mask"}])
@@ -170,9 +168,8 @@ class Painter:
                 if trace is not None:
                     trace.append({"keyframe": k, "rp_logits": pred.logits, "difference": pred.difference})
             conds = self.renderer.conditions(tstate, canvas, chosen.mask_full, instruction, settings.interval_s)
-            draws = None if noise_draws is None else noise_draws
             noise = NoiseSource(settings.seed, latent_shape, self.models.device, self.models.dtype,
-                                first_keyframe=k == 0, draws=draws)
+                                first_keyframe=k == 0, draws=noise_draws)
             cb = None
             if step_callback is not None:
                 cb = lambda info, _k=k: step_callback(_k, info)  # noqa: E731

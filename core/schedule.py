@@ -9,6 +9,7 @@ interpolation, which returns the exact official t for the official sigmas.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -21,6 +22,13 @@ def make_scheduler(**overrides):
     from diffusers import EulerAncestralDiscreteScheduler
 
     return EulerAncestralDiscreteScheduler(**{**SCHEDULER_KWARGS, **overrides})
+
+
+@lru_cache(maxsize=8)
+def _sampling(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    s = make_scheduler()
+    s.set_timesteps(steps)
+    return s.sigmas.float(), s.timesteps.float()
 
 
 @dataclass
@@ -45,9 +53,8 @@ class Schedule:
 
     def sampling(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigmas with a final 0, timesteps) exactly as the diffusers scheduler computes them."""
-        s = make_scheduler()
-        s.set_timesteps(steps)
-        return s.sigmas.float().clone(), s.timesteps.float().clone()
+        sigmas, timesteps = _sampling(steps)
+        return sigmas.clone(), timesteps.clone()
 
     def timestep(self, sigma: float) -> float:
         """Fractional t for a sigma (inverse of the linear-in-t interpolation of sigma(t))."""

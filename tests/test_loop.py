@@ -1,0 +1,125 @@
+"""The painting loop on a tiny random release: determinism, stop rules, start canvas, user masks, CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from inverse_painting.core.loop import Painter, PaintSettings
+from inverse_painting.core.model_set import ModelSet
+from inverse_painting.models.lpips_net import load_perceptual_metric
+from inverse_painting.models.text_instruction import ManualInstructions
+
+
+@pytest.fixture(scope="module")
+def painter(tiny_release):
+    models = ModelSet.from_release(tiny_release)
+    return Painter(models, load_perceptual_metric("lpips_alex", weights_dir=tiny_release / "lpips"))
+
+
+@pytest.fixture(scope="module")
+def target():
+    rng = np.random.default_rng(3)
+    img = np.zeros((72, 100, 3), np.uint8)
+    img[:36] = (90, 140, 220)
+    img[36:] = (40, 120, 50)
+    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+def _run(painter, target, **kw):
+    settings = PaintSettings(steps=kw.pop("steps", 3), max_keyframes=kw.pop("max_keyframes", 3), short_side=64,
+                             seed=kw.pop("seed", 1), **kw.pop("settings", {}))
+    return list(painter.paint(target, settings, instructions=ManualInstructions(["sky", "grass"]), **kw))
+
+
+def test_loop_is_deterministic_and_seed_dependent(painter, target):
+    a, b = _run(painter, target), _run(painter, target)
+    assert len(a) == 3 and [k.index for k in a] == [1, 2, 3] and [k.time_s for k in a] == [20, 40, 60]
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    c = _run(painter, target, seed=2)
+    assert not np.array_equal(a[0].image, c[0].image)
+    assert [k.instruction for k in a] == ["sky", "grass", "grass"]
+    k = a[0]
+    assert k.image.shape == (64, 96, 3) and k.size == (64, 88) and k.cropped.shape == (64, 88, 3)
+    assert k.mask.shape == (1, 1, 64, 96) and k.difference.shape == (1, 1, 8, 12)
+    assert 0 <= k.mask_area <= 1 and k.lpips_to_target >= 0 and k.threshold == 0.5
+    json.dumps(k.record())
+
+
+def test_fast_guidance_matches_six_branch_in_the_loop(painter, target):
+    fast = _run(painter, target, max_keyframes=1)
+    six = _run(painter, target, max_keyframes=1, settings={"fast_guidance": False})
+    assert torch.allclose(fast[0].latents, six[0].latents, rtol=1e-4, atol=1e-3 * float(six[0].latents.abs().max()))
+
+
+def test_stop_rules(painter, target):
+    _run(painter, target, max_keyframes=2)
+    assert painter.last_stop_reason == "max_keyframes"
+    frames = _run(painter, target, max_keyframes=10, settings={"stop_target_distance": 10.0})
+    assert len(frames) == 1 and painter.last_stop_reason == "close_to_target"
+    frames = _run(painter, target, max_keyframes=10, settings={"stop_change": 10.0})
+    assert len(frames) == 4 and painter.last_stop_reason == "canvas_stopped_changing"
+
+
+def test_start_canvas_user_masks_and_step_callback(painter, target):
+    start = np.full((72, 100, 3), 128, np.uint8)
+    mask = np.zeros((72, 100), np.float32)
+    mask[:20, :30] = 1
+    calls = []
+    frames = _run(painter, target, max_keyframes=2, start_canvas=start, masks=[mask, None],
+                  step_callback=lambda k, info: calls.append((k, info["i"])))
+    assert frames[0].threshold is None and frames[1].threshold is not None
+    m = frames[0].mask[0, 0]
+    assert m[:8, :8].min() == 1 and m[32:].max() == 0  # snapped to 8x8 blocks around the user's region
+    assert calls == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+    def interrupt(k, info):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(painter, target, step_callback=interrupt)
+
+
+def test_cli_paints_and_writes_outputs(tiny_release, tmp_path, target):
+    from PIL import Image
+
+    from inverse_painting.cli import main
+
+    img = tmp_path / "p.png"
+    Image.fromarray(target).convert("RGBA").save(img)
+    out = tmp_path / "out"
+    assert main(["paint", str(img), "--models", str(tiny_release), "--out", str(out), "--instructions", "sky|grass",
+                 "--steps", "2", "--max-keyframes", "2", "--short-side", "64"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["keyframes"]) == 3 and manifest["settings"]["seed"] == 1
+    assert [k["instruction"] for k in manifest["keyframes"]] == ["", "sky", "grass"]
+    assert all((out / k["file"]).is_file() for k in manifest["keyframes"])
+    assert Image.open(out / manifest["keyframes"][1]["file"]).size == (88, 64)
+    webp = Image.open(out / "timelapse.webp")
+    assert webp.n_frames == 3
+    import av
+
+    with av.open(str(out / "timelapse.mp4")) as c:
+        assert c.streams.video[0].frames > 0
+    assert not list(out.rglob("*.partial*"))
+    assert main(["paint", str(tmp_path / "missing.png"), "--models", str(tiny_release)]) == 2
+
+
+def test_parity_cli_fails_on_a_broken_fixture(parity, tmp_path):
+    import shutil
+
+    from inverse_painting.cli import main
+
+    fx = tmp_path / "fx"
+    shutil.copytree(parity / "release", fx / "release")
+    shutil.copytree(parity / "cases" / "a_time_encoder", fx / "cases" / "a_time_encoder")
+    for p in fx.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    assert main(["parity", str(fx)]) == 0
+    from safetensors.torch import load_file, save_file
+
+    path = fx / "cases" / "a_time_encoder" / "expected.safetensors"
+    exp = load_file(str(path))
+    exp["renderer.fp32.embedding"] = exp["renderer.fp32.embedding"] + 1e-3
+    save_file(exp, str(path))
+    assert main(["parity", str(fx)]) == 1
