@@ -32,9 +32,15 @@ class RendererUNet(nn.Module):
     def dtype(self):
         return self.unet.dtype
 
-    def forward(self, x, t, context, canvas_features=None, banks=None, use_reference=None):
+    def forward(self, x, t, context, canvas_features=None, banks=None, use_reference=None,
+                keep_reference: bool = False):
         """x (B,4,h,w), t scalar/(B,), context (B,L,D), canvas_features (B,C,h,w), banks {name: (1|B,N,C)},
-        use_reference (B,) bool -> eps (B,4,h,w)."""
+        use_reference (B,) bool -> eps (B,4,h,w).
+
+        ``keep_reference=True`` leaves the banks installed after the call, because gradient
+        checkpointing re-runs the attention blocks during backward; call ``release_reference()`` after
+        the backward pass.
+        """
         self._canvas_features = canvas_features
         state = self.state
         if banks is not None:
@@ -42,5 +48,9 @@ class RendererUNet(nn.Module):
         try:
             return self.unet(x, t, encoder_hidden_states=context).sample
         finally:
-            self._canvas_features = None
-            state.mode, state.banks, state.use_reference = "off", {}, None
+            self._canvas_features = None  # conv_in is never recomputed by checkpointing
+            if not keep_reference:
+                self.release_reference()
+
+    def release_reference(self) -> None:
+        self.state.mode, self.state.banks, self.state.use_reference = "off", {}, None

@@ -27,10 +27,12 @@ from inverse_painting.models.lpips_net import (
     package_file,
 )
 
-PARITY = Path("/work/shared/parity")
+from fixture_paths import parity_dir
+
+PARITY = parity_dir() or Path("/nonexistent")
 LPIPS_DIR = PARITY / "release" / "lpips"
 CASE_C = PARITY / "cases" / "c_difference_mask"
-needs_fixture = pytest.mark.skipif(not CASE_C.is_dir(), reason="parity fixtures not available")
+needs_fixture = pytest.mark.skipif(not CASE_C.is_dir(), reason="parity fixtures not found (set PARITY_DIR)")
 needs_stlpips = pytest.mark.skipif(
     package_file("stlpips_pytorch", "weights/vST0.0/alex_shift_tolerant.pth") is None,
     reason="stlpips-pytorch wheel not installed",

@@ -1,0 +1,189 @@
+"""Renderer trainer (spec 4.4) on accelerate.
+
+Trainable: renderer UNet (all parameters), ReferenceNet, feature encoder ("cur_image_guider", training
+init: He-normal convs, zero final projection), next-CLIP adapter, time encoder ("PE"). Frozen: VAE, CLIP
+vision, SD text encoder. Initialisation of the UNet and the ReferenceNet: ``--init`` =
+``base`` (the diffusers UNet weights of the base folder, as the release: Realistic Vision), ``renderer``
+(an existing renderer checkpoint of the base release: fine-tuning), ``random`` (tiny tests) or ``auto``
+(base weights if present, else the renderer checkpoint, else random).
+
+Per step: z0 = VAE(next).sample()*s, z_ref = VAE(target).sample()*s; t ~ U{0..999}; noisy =
+DDIM add_noise (linear beta 0.00085-0.012, 1000 steps); canvas zeroed if drop_cur_cond, GT mask (LPIPS
+cur->next > 0.2, from lpips/ or computed, full resolution) zeroed if drop_RP; e_next =
+adapter(CLIP(cur), CLIP(target)) zeroed if drop_image_embeds; PE zeroed if drop_time_step; text "" if
+drop_feature; context [e_next, PE, text] (79 tokens); ReferenceNet banks at t=0 with context e_target;
+loss = MSE(eps_hat, eps). No reference dropout in training (as officially).
+
+Output: ``<out>/renderer/ckpt/checkpoint-global_step-N.ckpt`` with unet_state_dict,
+referencenet_state_dict, cur_image_guider_state_dict, PE_state_dict, image_adpater_state_dict
+(+ .safetensors) and ``<out>/renderer/config.yaml``.
+
+CLI: ``python -m inverse_painting.training.trainers.renderer --data D --base RELEASE --out O --steps N``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...core.loading import find_release, read_checkpoint
+from ...models.feature_encoder import CanvasFeatureEncoder
+from ...models.next_clip import NextClipPredictor
+from ...models.referencenet import ReferenceNet
+from ...models.renderer_unet import RendererUNet
+from ...models.time_encoder import TimeEncoder
+from .common import TrainConfig, config_from_args, link_release_parts, load_base, load_metric, make_accelerator, save_official, train_loop
+from .data import PairDataset
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+@dataclass
+class RendererConfig(TrainConfig):
+    init: str = "auto"  # auto | base | renderer | random
+
+
+def train_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="linear", prediction_type="epsilon", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+class RendererTrainable(torch.nn.Module):
+    def __init__(self, unet_config: dict, clip_dim: int, pe_kwargs: dict):
+        super().__init__()
+        cfg = {k: v for k, v in unet_config.items() if not k.startswith("_")}
+        cfg.update(in_channels=4, out_channels=4)
+        ctx = int(cfg["cross_attention_dim"])
+        self.unet = RendererUNet(cfg)
+        self.referencenet = ReferenceNet(cfg)
+        self.guider = CanvasFeatureEncoder(4, int(cfg["block_out_channels"][0]))
+        self.guider.init_for_training()
+        hidden = (1024, 512) if clip_dim == 768 else (4 * ctx, 2 * ctx)
+        self.adapter = NextClipPredictor(2 * clip_dim, hidden, ctx)
+        self.pe = TimeEncoder(out_dim=ctx, **pe_kwargs)
+        self.copy_unet_to_reference()
+
+    def copy_unet_to_reference(self):
+        own = self.referencenet.unet.state_dict()
+        self.referencenet.unet.load_state_dict({k: v for k, v in self.unet.unet.state_dict().items() if k in own})
+
+    def initialise(self, mode: str, base_dir: Path, release_root: Path | None) -> str:
+        """Load UNet/ReferenceNet weights; returns what was used."""
+        weights = [p for p in (base_dir / "unet").glob("diffusion_pytorch_model*") if p.suffix in (".safetensors", ".bin")]
+        renderer_ckpt = find_release(release_root).renderer if release_root is not None else None
+        if mode == "auto":
+            mode = "base" if weights else ("renderer" if renderer_ckpt is not None else "random")
+        if mode == "base":
+            from diffusers import UNet2DConditionModel
+
+            src = UNet2DConditionModel.from_pretrained(str(base_dir / "unet"), local_files_only=True).state_dict()
+            self.unet.unet.load_state_dict(src, strict=True)
+            self.copy_unet_to_reference()  # the modules the ReferenceNet lacks are simply not loaded
+        elif mode == "renderer":
+            if renderer_ckpt is None:
+                raise FileNotFoundError("--init renderer: no renderer checkpoint in the base release")
+            ck = read_checkpoint(renderer_ckpt)
+            self.unet.unet.load_state_dict(ck["unet_state_dict"], strict=True)
+            self.referencenet.unet.load_state_dict(ck["referencenet_state_dict"], strict=True)
+        elif mode != "random":
+            raise ValueError(f"unknown --init {mode!r}")
+        return mode
+
+    def forward(self, noisy, t, z_ref, canvas_in, e_cur, e_tgt, pe_x, text, flags, acc):
+        """Returns eps_hat. Inputs already dropped where the flag says so, except the learned tokens."""
+        b = noisy.shape[0]
+        keep = lambda f: (~flags[f]).to(noisy.device, torch.float32).view(b, 1, 1)  # noqa: E731
+        e_next = self.adapter(e_cur, e_tgt) * keep("drop_image_embeds")  # fp32 (outside autocast)
+        pe = self.pe.forward_x(pe_x) * keep("drop_time_step")
+        feats = self.guider(canvas_in)
+        context = torch.cat([e_next, pe, text.to(pe)], dim=1)
+        with acc.autocast():
+            banks = self.referencenet.banks(z_ref, e_tgt[:, None, :].to(z_ref))
+            # with gradient checkpointing the blocks re-run during backward and must still see the banks:
+            # they stay installed until the next step's forward replaces them
+            checkpointing = self.unet.unet.is_gradient_checkpointing
+            return self.unet(noisy, t, context, feats, banks, keep_reference=checkpointing).float()
+
+
+def _sd(m):
+    return {k: v.detach().float().cpu().clone() for k, v in m.state_dict().items()}
+
+
+def export_renderer(out: Path, model: RendererTrainable, step: int, renderer_config: dict, safetensors: bool = True) -> Path:
+    out = Path(out)
+    path = save_official(out / "renderer" / "ckpt" / f"checkpoint-global_step-{step}.ckpt",
+                         {"epoch": 0, "global_step": int(step), "unet_state_dict": _sd(model.unet.unet),
+                          "referencenet_state_dict": _sd(model.referencenet.unet),
+                          "cur_image_guider_state_dict": _sd(model.guider), "PE_state_dict": _sd(model.pe),
+                          "image_adpater_state_dict": _sd(model.adapter)}, safetensors)
+    import yaml
+
+    keys = ("use_PE", "PE_type", "PE_time_interval", "PE_time_max", "use_TP", "is_train_text_encoder")
+    (out / "renderer" / "config.yaml").write_text(yaml.safe_dump({k: renderer_config[k] for k in keys}, sort_keys=False))
+    return path
+
+
+def train(cfg: RendererConfig) -> dict:
+    accelerator = make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    base = load_base(cfg.base, need_clip=True).to(accelerator.device)
+    data = PairDataset(cfg.data, cfg.split, metric=None, drop_prob=cfg.drop_prob, need_target_mask=False)
+    if not any((Path(data.split_root) / "lpips").glob("*/*.jpg")):
+        data.metric = load_metric(cfg, base).to(accelerator.device)  # no lpips/ folder: compute on the fly
+    clip_dim = int(base.clip_vision.config.hidden_size)
+    model = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs)
+    used = model.initialise(cfg.init, base.base_dir, base.release_root)
+    accelerator.print(f"renderer UNet/ReferenceNet init: {used}")
+    if cfg.gradient_checkpointing:
+        # only the renderer UNet; the ReferenceNet's early stop (an exception) does not mix with recomputation
+        model.unet.unet.enable_gradient_checkpointing()
+    sched = train_scheduler()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def loss_fn(m, step, g, acc):
+        b = data.sample(g, cfg.batch_size)
+        dev = acc.device
+        n = b["next"].shape[0]
+        z0 = base.encode(b["next"].to(dev), g)
+        z_ref = base.encode(b["target"].to(dev), g)
+        noise = torch.randn(z0.shape, generator=g).to(z0)
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=g).to(dev)
+        noisy = sched.add_noise(z0, noise, t)
+        canvas = b["cur"].to(dev) * (~b["drop_cur_cond"]).to(dev, torch.float32).view(n, 1, 1, 1)
+        mask = b["mask_next"].to(dev) * (~b["drop_RP"]).to(dev, torch.float32).view(n, 1, 1, 1)
+        e_cur = base.encode_clip(b["cur_u8"])
+        e_tgt = base.encode_clip(b["target_u8"])
+        texts = ["" if d else s for s, d in zip(b["text"], b["drop_feature"].tolist())]
+        text = base.encode_text(texts)
+        unwrapped = acc.unwrap_model(m)
+        pe_x = unwrapped.pe.interval_to_x(b["interval"], dtype=torch.float32, device=dev)
+        eps = m(noisy, t, z_ref, torch.cat([canvas, mask], 1), e_cur, e_tgt, pe_x, text,
+                {k: b[k] for k in ("drop_image_embeds", "drop_time_step")}, acc)
+        return F.mse_loss(eps, noise)
+
+    def export_fn(m, step):
+        export_renderer(out, m, step, base.renderer_config, cfg.safetensors)
+        if cfg.complete_release:
+            link_release_parts(out, base.release_root, ("base", "clip", "lpips", "RP", "TP_llava"))
+
+    return train_loop(cfg, accelerator, model, loss_fn, export_fn, "renderer")
+
+
+def main(argv=None) -> int:
+    cfg = config_from_args(RendererConfig, argv, "Train the Inverse Painting renderer.")
+    res = train(cfg)
+    losses = res["losses"]
+    if losses:
+        k = min(10, len(losses))
+        print(f"loss first{k} {sum(losses[:k]) / k:.4f} last{k} {sum(losses[-k:]) / k:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
