@@ -1,11 +1,15 @@
-"""ComfyUI entry point of the Inverse Painting node pack.
+"""Inverse Painting: the Python package ``inverse_painting`` and, at the same time, a ComfyUI node pack.
 
-ComfyUI imports this file; outside ComfyUI the package is the plain Python library
-`inverse_painting` (core, models, training, evaluation) and this module exports no nodes.
+ComfyUI imports this file and reads ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS``. They are
+resolved lazily (PEP 562) so that library and CLI users (``inverse_painting.core``, ``.training``, ...)
+do not pay for importing the node modules.
 """
-try:  # ComfyUI present: register the nodes
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401
-except ImportError:  # plain library use, no ComfyUI
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
-
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from . import nodes
+
+        return getattr(nodes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
