@@ -5,6 +5,7 @@
     inverse-painting convert DIR_OR_CKPT         # .ckpt -> .safetensors beside it
     inverse-painting tiny-release OUT            # a random release in the real formats (tests, demos)
     inverse-painting evaluate GENERATED REAL     # the paper's metrics (see evaluation/)
+    inverse-painting train SUBCOMMAND ...        # data preparation and trainers (see training/README.md)
 
 Without ``--models`` the painter uses the bundled starter model when present, else a tiny random
 release written to a cache folder (no download; its pictures are noise, but every stage runs).
@@ -137,6 +138,12 @@ def cmd_evaluate(argv) -> int:
     return evaluate_main(argv)
 
 
+def cmd_train(argv) -> int:
+    from .training.cli import main as train_main
+
+    return train_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inverse-painting", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -172,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_release)
     sub.add_parser("evaluate", help="the paper's metrics: evaluate GENERATED REAL [options]", add_help=False)
+    sub.add_parser("train", help="training kit: synth, ingest, ground-truth, train-*, assemble", add_help=False)
     return p
 
 
@@ -179,6 +187,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "evaluate":
         return cmd_evaluate(argv[1:])
+    if argv and argv[0] == "train":
+        return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

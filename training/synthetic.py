@@ -25,8 +25,8 @@ import argparse
 import json
 import math
 import os
-from fractions import Fraction
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -179,12 +179,6 @@ def _erode(mask: np.ndarray, r: int) -> np.ndarray:
     return blur(mask.astype(np.float32), r, passes=1) > 0.999
 
 
-def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    if r <= 0:
-        return mask.copy()
-    return blur(mask.astype(np.float32), r, passes=1) > 0.001
-
-
 def _cmax(a: np.ndarray) -> np.ndarray:
     """Max over the colour axis (much faster than .max(-1) on HxWx3)."""
     return np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2])
@@ -313,11 +307,6 @@ class _Brush:
             img = img * (1.0 + texture * self.streak(streak_dir)[..., None])
         return np.clip(img, 0, 1)
 
-    def dabs(self, support_img: Image.Image, centres, radii, colours) -> None:
-        drw = ImageDraw.Draw(support_img)
-        for (x, y), r, c in zip(centres, radii, colours):
-            drw.ellipse([x - r, y - r, x + r, y + r], fill=c)
-
 
 def _blockin(final: np.ndarray, support: np.ndarray, brush: _Brush, rng: np.random.Generator) -> np.ndarray:
     """Rough first pass of a layer: the layer's colours heavily smoothed, big flat strokes."""
@@ -326,6 +315,9 @@ def _blockin(final: np.ndarray, support: np.ndarray, brush: _Brush, rng: np.rand
     mean = (final * m).sum((0, 1)) / max(1.0, float(m.sum()))
     smooth = blur(final, max(2, s // 14), passes=2)
     field = _lerp(smooth, mean[None, None, :], 0.5)
+    # dark layers get a lighter underpainting that the refinement glazes down, so the refinement shows
+    lum = float(mean.mean())
+    field = field * (1.0 + 0.6 * float(np.clip((0.3 - lum) / 0.3, 0.0, 1.0)))
     return brush.paint(field, support, density=160, width=0.05, length=0.12, angle=0.0, angle_jitter=0.6,
                        color_jitter=0.03, texture=0.02, streak_dir="h")
 
@@ -395,7 +387,7 @@ def _scene_layers(rng: np.random.Generator, h: int, w: int, palette_name: str) -
             for _ in range(int(rng.integers(3, 8))):
                 ex, ey = cx + rng.uniform(-1, 1) * cw, cy - rng.uniform(0, 1) * ch
                 rx, ry = cw * rng.uniform(0.25, 0.55), ch * rng.uniform(0.6, 1.3)
-                d.ellipse([ex - rx, ey - ry, min(ex + rx, 1e6), min(ey + ry, cy + ch * 0.5)], fill=255)
+                d.ellipse([ex - rx, ey - ry, ex + rx, min(ey + ry, cy + ch * 0.5)], fill=255)  # flat bottoms
         cloud = _organic(np.asarray(cm) > 0, rng, max(1, s // 90), 0.25, cells=s / 8)
         cloud &= yy < horizon
 
@@ -996,6 +988,9 @@ def write_video(
       `hand_fraction` of the hold, moving over the region the next step paints.
     noise: std of per-frame sensor noise (0..255 scale).
     codec: "auto" (libx264 if available, else mpeg4), "libx264", "h264" or "mpeg4".
+    Returns {"keyframe_times" (video s), "time_scale", "fps", "quad", "frame_hw", "hand_times",
+    "hand_canvas_fraction" (share of the canvas each hand frame hides), ...}.  Ingest the video with
+    `ingest_video(..., time_scale=1 / info["time_scale"])` to get painting seconds back.
     """
     import av
 

@@ -59,6 +59,21 @@ class TrainConfig:
     safetensors: bool = True
     progress: bool = True
     tensorboard: bool = True
+    lr_schedule: str = "constant"  # constant | cosine (cosine decays to 0 at `steps`)
+    warmup_ratio: float = 0.0  # linear warm-up over this fraction of `steps`
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based): warm-up, then constant or cosine."""
+    warm = int(round(cfg.warmup_ratio * cfg.steps))
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.lr_schedule == "cosine":
+        span = max(1, cfg.steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / span)))
+    if cfg.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule must be constant or cosine, not {cfg.lr_schedule!r}")
+    return 1.0
 
 
 def build_parser(description: str, cls=TrainConfig) -> argparse.ArgumentParser:
@@ -265,9 +280,16 @@ def train_loop(cfg: TrainConfig, accelerator, model: torch.nn.Module, loss_fn, e
     Returns {"losses": [...], "step": final step}."""
     out = Path(cfg.out)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+    # a model may ask for per-group LRs (the text generator: LoRA 1e-4, projector 2e-5)
+    groups = model.param_groups(cfg) if hasattr(model, "param_groups") else params
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                             weight_decay=cfg.weight_decay)
     model, opt = accelerator.prepare(model, opt)
+    sched = None
+    if cfg.lr_schedule != "constant" or cfg.warmup_ratio > 0:
+        # not accelerator.prepare'd: AcceleratedScheduler would step once per process per step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
+        accelerator.register_for_checkpointing(sched)
     ema = None
     if cfg.ema_decay > 0:
         ema = EMA(accelerator.unwrap_model(model), cfg.ema_decay)
@@ -319,6 +341,8 @@ def train_loop(cfg: TrainConfig, accelerator, model: torch.nn.Module, loss_fn, e
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
         if ema is not None:
             ema.update(accelerator.unwrap_model(model))
         step += 1

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ...core.difference_mask import DIFFERENCE_THRESHOLD
+from ..ground_truth import processed_name
 from ..raw_layout import WHITE, iter_pairs, load_frame, read_labels
 
 DROP_FLAGS = ("drop_image_embeds", "drop_time_step", "drop_feature", "drop_cur_cond", "drop_RP")
@@ -93,8 +94,13 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     # ------------------------------------------------------------------ GT text and masks
+    def _processed(self, folder: str, rec: PairRecord, ext: str) -> str:
+        # the processed layout names the white canvas "white_<target>" (spec 4.1); plain "white" is accepted too
+        path = os.path.join(self.split_root, folder, rec.video, processed_name(rec.cur, rec.target) + ext)
+        return path if os.path.isfile(path) else os.path.join(self.split_root, folder, rec.video, rec.cur + ext)
+
     def text_for(self, rec: PairRecord) -> str:
-        processed = os.path.join(self.split_root, "text", rec.video, rec.cur + ".json")
+        processed = self._processed("text", rec, ".json")
         if os.path.isfile(processed):
             with open(processed, encoding="utf-8") as f:
                 return str(json.load(f).get("next_text", ""))
@@ -113,7 +119,7 @@ class PairDataset(torch.utils.data.Dataset):
     def _folder_mask(self, rec: PairRecord, hw) -> torch.Tensor | None:
         if not self.use_lpips_folder:
             return None
-        path = os.path.join(self.split_root, "lpips", rec.video, rec.cur + ".jpg")
+        path = self._processed("lpips", rec, ".jpg")
         if not os.path.isfile(path):
             return None
         from PIL import Image
