@@ -9,7 +9,6 @@ random initialisation is computed for nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 

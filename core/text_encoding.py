@@ -5,7 +5,6 @@ take ``last_hidden_state`` (after the final LayerNorm, no clip-skip). The negati
 """
 from __future__ import annotations
 
-from functools import lru_cache
 
 import torch
 

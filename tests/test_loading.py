@@ -1,7 +1,6 @@
 """Loading: key manifests at full SD1.5 size, safetensors conversion, and clear errors."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

@@ -88,6 +88,15 @@ def build_parser(description: str, cls=TrainConfig) -> argparse.ArgumentParser:
     return p
 
 
+def run_cli(cls, train, argv=None, description: str = "") -> int:
+    """Shared ``main`` of the trainers: parse the config, train, print the first/last mean loss."""
+    losses = train(config_from_args(cls, argv, description))["losses"]
+    if losses:
+        k = min(10, len(losses))
+        print(f"loss first{k} {sum(losses[:k]) / k:.4f} last{k} {sum(losses[-k:]) / k:.4f}")
+    return 0
+
+
 def config_from_args(cls, argv=None, description: str = "") -> TrainConfig:
     args = build_parser(description, cls).parse_args(argv)
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ...core.difference_mask import to_latent
 from ...models.mask_unet import MaskUNet
 from ...models.time_encoder import TimeEncoder
-from .common import TrainConfig, config_from_args, link_release_parts, load_base, load_metric, make_accelerator, save_official, train_loop
+from .common import run_cli, TrainConfig, link_release_parts, load_base, load_metric, make_accelerator, save_official, train_loop
 from .data import PairDataset
 
 
@@ -83,13 +83,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    cfg = config_from_args(TrainConfig, argv, "Train the Inverse Painting mask generator (RP).")
-    res = train(cfg)
-    losses = res["losses"]
-    if losses:
-        k = min(10, len(losses))
-        print(f"loss first{k} {sum(losses[:k]) / k:.4f} last{k} {sum(losses[-k:]) / k:.4f}")
-    return 0
+    return run_cli(TrainConfig, train, argv, "Train the Inverse Painting mask generator (RP).")
 
 
 if __name__ == "__main__":

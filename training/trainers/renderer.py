@@ -34,7 +34,7 @@ from ...models.next_clip import NextClipPredictor
 from ...models.referencenet import ReferenceNet
 from ...models.renderer_unet import RendererUNet
 from ...models.time_encoder import TimeEncoder
-from .common import TrainConfig, config_from_args, link_release_parts, load_base, load_metric, make_accelerator, save_official, train_loop
+from .common import run_cli, TrainConfig, link_release_parts, load_base, load_metric, make_accelerator, save_official, train_loop
 from .data import PairDataset
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -176,13 +176,7 @@ def train(cfg: RendererConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    cfg = config_from_args(RendererConfig, argv, "Train the Inverse Painting renderer.")
-    res = train(cfg)
-    losses = res["losses"]
-    if losses:
-        k = min(10, len(losses))
-        print(f"loss first{k} {sum(losses[:k]) / k:.4f} last{k} {sum(losses[-k:]) / k:.4f}")
-    return 0
+    return run_cli(RendererConfig, train, argv, "Train the Inverse Painting renderer.")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from ...models.text_instruction import (IMAGE_PLACEHOLDER, TextInstructionGenerator, build_v0_prompt,
                                         preprocess_image, tokenize_with_image)
-from .common import TrainConfig, config_from_args, make_accelerator, train_loop
+from .common import run_cli, TrainConfig, make_accelerator, train_loop
 
 IGNORE_INDEX = -100
 
@@ -311,13 +311,7 @@ def train(cfg: TextConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    cfg = config_from_args(TextConfig, argv, "LoRA fine-tune of the Inverse Painting LLaVA text generator.")
-    res = train(cfg)
-    losses = res["losses"]
-    if losses:
-        k = min(10, len(losses))
-        print(f"loss first{k} {sum(losses[:k]) / k:.4f} last{k} {sum(losses[-k:]) / k:.4f}")
-    return 0
+    return run_cli(TextConfig, train, argv, "LoRA fine-tune of the Inverse Painting LLaVA text generator.")
 
 
 if __name__ == "__main__":
