@@ -1,4 +1,4 @@
-"""Command line: ``inverse-painting`` (paint, parity, convert, tiny-release, evaluate).
+"""Command line: ``inverse-painting`` (paint, parity, convert, tiny-release, evaluate, train).
 
     inverse-painting paint IMAGE --models DIR --out OUT [--instructions "sky|mountain|details"]
     inverse-painting parity FIXTURE_DIR          # one line per case, exit 1 on any failure
