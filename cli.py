@@ -51,7 +51,7 @@ def cmd_paint(args) -> int:
     from .core.imaging import prepare_image
     from .core.loop import Painter, PaintSettings
     from .core.model_set import ModelSet
-    from .models.lpips_net import load_perceptual_metric
+    from .models.lpips_net import BACKBONE_FILENAMES, load_perceptual_metric
     from .models.text_instruction import ManualInstructions, TextInstructionGenerator, parse_instruction_list
 
     image_path = Path(args.image) if args.image else EXAMPLE_IMAGE
@@ -71,8 +71,12 @@ def cmd_paint(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = ModelSet.from_release(models_dir, device=device, dtype=_parse_dtype(args.dtype),
                                    time_dtype=torch.float16 if args.official_fp16_time else None)
-    lpips_dir = models.paths.lpips if models.paths.lpips is not None else None
-    metric = load_perceptual_metric(args.metric, weights_dir=lpips_dir, device=device)
+    lpips_dir = models.paths.lpips
+    metric_name = args.metric
+    if metric_name == "auto":  # the release's LPIPS when its AlexNet file is there, else the offline ST-LPIPS
+        has_backbone = lpips_dir is not None and any((lpips_dir / n).is_file() for n in BACKBONE_FILENAMES)
+        metric_name = "lpips_alex" if has_backbone else "stlpips_alex"
+    metric = load_perceptual_metric(metric_name, weights_dir=lpips_dir, device=device)
     if args.instructions:
         text = ManualInstructions(parse_instruction_list(args.instructions))
     elif models.paths.text_model is not None:
@@ -94,7 +98,7 @@ def cmd_paint(args) -> int:
         records.append(kf.record())
         print(f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
               f"LPIPS to target {kf.lpips_to_target:.4f}  ({time.time() - start:.1f}s)", flush=True)
-    manifest = write_process(args.out, frames, records, dict(settings.to_dict(), metric=args.metric,
+    manifest = write_process(args.out, frames, records, dict(settings.to_dict(), metric=metric_name,
                              models=str(models_dir), image=str(image_path)), masks=masks,
                              extra={"stop_reason": painter.last_stop_reason})
     print(f"stopped: {painter.last_stop_reason}; wrote {len(frames)} frames, "
@@ -160,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("--guidance", type=float, nargs=5, default=[2.0, 1.0, 5.0, 5.0, 5.0],
                        metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"))
     paint.add_argument("--short-side", type=int, default=512, help="resize the input to this short side first")
-    paint.add_argument("--metric", default="lpips_alex", choices=["lpips_alex", "stlpips_alex"],
-                       help="difference metric (lpips_alex needs the AlexNet file in <models>/lpips/)")
+    paint.add_argument("--metric", default="auto", choices=["auto", "lpips_alex", "stlpips_alex"],
+                       help="difference metric; auto: lpips_alex when <models>/lpips/ has the AlexNet file, "
+                            "else the offline shift-tolerant stlpips_alex")
     paint.add_argument("--device")
     paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")

@@ -207,6 +207,8 @@ COMMANDS = {
     "train-mask": (_delegate(".trainers.mask_generator"), "train the mask generator (RP)"),
     "train-renderer": (_delegate(".trainers.renderer"), "train the renderer"),
     "train-text": (_delegate(".trainers.text_generator"), "LoRA fine-tune the LLaVA text generator"),
+    "train-vae": (_delegate(".trainers.vae"), "train a small VAE (starter models)"),
+    "starter": (_delegate(".starter"), "the seeded one-command starter-model recipe (all parts)"),
     "assemble": (assemble_main, "trained parts -> one model folder (release layout)"),
 }
 

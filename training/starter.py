@@ -1,0 +1,495 @@
+"""One seeded command that builds a small *starter model* from synthetic painting processes.
+
+    python -m inverse_painting.training.starter --out models/inverse_painting/starter --seed 0
+    python -m inverse_painting.training.starter --out /tmp/starter_smoke --smoke      # micro scale, ~2 min CPU
+
+Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>.work/``):
+
+1. ``synth``: ``--processes`` synthetic painting processes at a ``--size`` px short side (training/synthetic.py);
+2. ``ground-truth``: GT masks with the offline metric ``stlpips_alex``, GT text from the synthetic labels,
+   the LLaVA conversation set (training/ground_truth.py);
+3. base release skeleton (``<work>/skeleton``): the byte-level CLIP tokenizer of core/tiny_release.py, a
+   small random *frozen* CLIP text encoder and CLIP vision tower (width ``--context``; they only have to
+   tell instructions / images apart, the trained networks learn to read them), and a UNet config sized for
+   a starter (``--unet-widths``);
+4. ``train-vae``: a small AutoencoderKL (``--vae-widths``; training/trainers/vae.py), L1 + small KL
+   (+ ``--vae-perceptual`` x stlpips_alex); its ``scaling_factor`` = 1 / latent std; goes into ``base/vae``;
+5. ``train-mask``: the mask generator (RP) from scratch (training/trainers/mask_generator.py);
+6. ``train-renderer``: renderer UNet + ReferenceNet + adapters from scratch (``--init random``);
+7. text generator: a tiny LLaVA (LLaMA text model + CLIP vision tower, llava-hf layout) with a SentencePiece
+   tokenizer trained on the prompt template and the instruction vocabulary, randomly initialised, then
+   trained with the text trainer (LoRA + projector, merged at export; training/trainers/text_generator.py);
+8. ``assemble`` into ``--out`` in the release layout (renderer/, RP/, TP_llava/, base/, clip/), weights as
+   safetensors only (checkpoints stored in fp16 unless ``--fp32``), plus ``MODEL_CARD.md`` and
+   ``starter.json`` (the exact options, per-stage losses and timings).
+
+There is no ``lpips/`` folder: the starter is meant for the offline metric, i.e. paint with
+``--metric stlpips_alex`` (CLI) / metric ``stlpips_alex`` (nodes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+METRIC = "stlpips_alex"
+
+# full recipe and micro ("--smoke") presets; command-line options override them
+PRESETS = {
+    # 32,64,64,64 VAE + 32,64,64,128 UNets: ~34 MiB with fp16 renderer/RP checkpoints (limit 40 MiB)
+    "full": dict(processes=240, size=128, steps_vae=4000, steps_mask=6000, steps_renderer=20000, steps_text=20000,
+                 vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
+                 batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=1e-4, lr_text=2e-3),
+    "smoke": dict(processes=2, size=64, steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
+                  vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
+                  batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3),
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[starter {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- base skeleton
+def starter_unet_config(widths=(32, 64, 128, 128), context: int = 128, layers_per_block: int = 1) -> dict:
+    """SD-layout UNet config (3 cross-attention down blocks + 1 plain, mirrored up) for a starter."""
+    from ..core.tiny_release import unet_config
+
+    widths = [int(w) for w in widths]
+    cfg = unet_config(widths[0], int(context))
+    cfg.update(block_out_channels=widths, layers_per_block=int(layers_per_block),
+               norm_num_groups=min(32, min(widths)), attention_head_dim=8 if min(widths) >= 64 else 4,
+               sample_size=32)
+    return cfg
+
+
+def write_skeleton(root, unet_cfg: dict, context: int, seed: int) -> Path:
+    """base/ (unet config, tokenizer, text encoder; vae/ comes later), clip/ and renderer/config.yaml."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+    )
+
+    from ..core.tiny_release import _byte_vocab
+
+    root = Path(root)
+    base = root / "base"
+    (base / "unet").mkdir(parents=True, exist_ok=True)
+    (base / "unet" / "config.json").write_text(json.dumps(unet_cfg, indent=2))
+    vocab, merges = _byte_vocab()
+    tok_dir = base / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text(merges)
+    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="<|endoftext|>")
+    tok.model_max_length = 77
+    tok.save_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    heads = max(1, context // 32)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=context, intermediate_size=2 * context,
+                                 num_hidden_layers=2, num_attention_heads=heads, max_position_embeddings=77,
+                                 bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                                 pad_token_id=vocab["<|endoftext|>"])).save_pretrained(base / "text_encoder")
+    clip_dir = root / "clip"
+    # the ReferenceNet reads the CLIP target embedding as its context: CLIP width = cross-attention width
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=context, intermediate_size=2 * context, num_hidden_layers=2,
+                                     num_attention_heads=heads, image_size=224, patch_size=32)).save_pretrained(clip_dir)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(clip_dir)
+    (root / "renderer").mkdir(parents=True, exist_ok=True)
+    (root / "renderer" / "config.yaml").write_text(
+        "use_PE: true\nPE_type: abs\nPE_time_interval: 5\nPE_time_max: 100\nuse_TP: true\nis_train_text_encoder: false\n")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- tiny LLaVA
+def instruction_corpus(data, split: str = "train") -> list[str]:
+    """Texts the tokenizer must cover: the v0 prompt with the TP question, and every GT answer."""
+    from ..models.text_instruction import (
+        ANNOTATOR_QUESTION,
+        TP_QUESTION,
+        V0_SYSTEM_PROMPT,
+    )
+    from .trainers.text_generator import read_conversations
+
+    entries, _ = read_conversations(data, split)
+    answers = sorted({e["answer"] for e in entries})
+    lines = [V0_SYSTEM_PROMPT, TP_QUESTION, ANNOTATOR_QUESTION, "###Human: ", "###Assistant:", "###"]
+    lines += [f"###Human: \n{TP_QUESTION}###Assistant: {a}" for a in answers]
+    return lines * 4 + answers * 8
+
+
+def train_sentencepiece(folder, corpus: list[str], vocab_size: int = 384) -> Path:
+    """LLaMA-style SentencePiece BPE (byte fallback; <unk>/<s>/</s> = 0/1/2), deterministic (one thread)."""
+    import sentencepiece as spm
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = str(folder / "tokenizer")
+    size = int(vocab_size)
+    while True:
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(corpus), model_prefix=prefix, vocab_size=size, model_type="bpe",
+                byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True,
+                remove_extra_whitespaces=False, split_digits=True, normalization_rule_name="identity",
+                character_coverage=1.0, num_threads=1, minloglevel=2)
+            break
+        except RuntimeError as e:  # a small corpus cannot fill a large vocabulary
+            if "Vocabulary size" not in str(e) or size <= 300:
+                raise
+            size -= 16
+    os.remove(prefix + ".vocab")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None, "model_max_length": 2048,
+         "padding_side": "right", "clean_up_tokenization_spaces": False}))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}))
+    return folder
+
+
+def write_tiny_llava(folder, tokenizer_dir, hidden: int = 64, seed: int = 0, image_size: int = 224,
+                     patch_size: int = 32) -> Path:
+    """A randomly initialised tiny LLaVA in llava-hf layout (+ tokenizer with <image>, CLIP processor).
+
+    Text model: LLaMA, 2 layers, ``hidden`` wide; vision: CLIP ViT 2 layers, ``image_size``/``patch_size``
+    (224/32 = 49 image tokens instead of LLaVA-1.5's 576, so that CPU training is quick). The LLM weights
+    are drawn wider than HF's default (std 0.02) so that the frozen lm_head can express confident answers
+    (the text trainer trains LoRA on the LLM linears + the projector; embeddings and lm_head stay frozen).
+    """
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    from ..models.text_instruction import IMAGE_PLACEHOLDER, clip_l336_image_processor
+
+    folder = Path(folder)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    n_text = len(tok)
+    tok.add_tokens([IMAGE_PLACEHOLDER], special_tokens=True)
+    image_id = tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    vocab = -(-(n_text + 1) // 64) * 64  # padded like llava-hf (32000 -> 32064)
+    vision = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden,
+                              intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=max(1, hidden // 32),
+                              projection_dim=hidden, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    text = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                       num_attention_heads=max(1, hidden // 16), num_key_value_heads=max(1, hidden // 16),
+                       max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                       tie_word_embeddings=False)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id, vision_feature_layer=-2,
+                      vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim < 2 or "vision" in name:
+                continue
+            if "embed_tokens" in name:
+                std = 1.0
+            elif "lm_head" in name:
+                std = 0.3
+            else:
+                std = 1.0 / p.shape[1] ** 0.5
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    clip_l336_image_processor(image_size).save_pretrained(str(folder))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- output
+def halve_checkpoints(folder) -> None:
+    """Store the nested safetensors checkpoints (renderer/ckpt, RP) in fp16, metadata kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for path in list(Path(folder).glob("renderer/ckpt/*.safetensors")) + list(Path(folder).glob("RP/*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+        tmp = path.with_name(path.name + ".partial")
+        save_file(sd, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+
+def folder_size_mb(folder) -> dict:
+    sizes = {}
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            part = p.relative_to(folder).parts[0]
+            sizes[part] = sizes.get(part, 0) + p.stat().st_size
+    return {k: round(v / 2**20, 2) for k, v in sorted(sizes.items())}
+
+
+def _loss_summary(losses) -> dict:
+    losses = list(losses)
+    return {"steps": len(losses), "first10": round(float(np.mean(losses[:10])), 5) if losses else None,
+            "last10": round(float(np.mean(losses[-10:])), 5) if losses else None}
+
+
+def _r(v, n=4):
+    return round(float(v), n) if isinstance(v, (int, float)) else v
+
+
+def write_model_card(out: Path, rec: dict) -> None:
+    o, st = rec["options"], rec["stages"]
+
+    def row(name, key):
+        s = st.get(key, {})
+        loss = s.get("loss", {})
+        return (f"| {name} | {s.get('params_m', '')} | {loss.get('steps', '')} | {loss.get('first10', '')} | "
+                f"{loss.get('last10', '')} | {s.get('seconds', '')} |")
+
+    sizes = rec["sizes_mb"]
+    vae = st.get("vae", {})
+    text = f"""# Inverse Painting starter model ({'smoke preset' if o['smoke'] else 'starter recipe'})
+
+A small model trained **only on synthetic painting processes** by the pack's training kit, so that the nodes
+and `inverse-painting paint` have real (not random) weights without any download. It is far below the
+released models (trained on 294 real painting videos with Stable Diffusion 1.5 weights): expect simple,
+blocky layer-by-layer paintings in the style of the synthetic generator.
+
+Reproduce (seeded, CPU or GPU):
+
+```bash
+{rec['command']}
+```
+
+## Data
+- `{o['processes']}` synthetic processes (`training/synthetic.py`, seed {o['seed']}), {o['size']} px short side,
+  {rec['data']['pairs']} (cur, next) pairs, {rec['data']['frames']} frames.
+- Ground truth: masks = `{METRIC}`(cur, next) > 0.2; text = the generator's step labels
+  ({len(rec['data']['instructions'])} distinct instructions: {', '.join(rec['data']['instructions'])}).
+
+## Networks (trained from scratch)
+| part | params (M) | steps | loss first10 | loss last10 | seconds |
+|---|---|---|---|---|---|
+{row('VAE (base/vae)', 'vae')}
+{row('mask generator (RP)', 'mask')}
+{row('renderer (UNet + ReferenceNet + adapters)', 'renderer')}
+{row('text generator (TP_llava, tiny LLaVA)', 'text')}
+
+- VAE: AutoencoderKL widths {o['vae_widths']}, 4 latent channels, 8x; L1 + {o['vae_kl']} KL
+  (+ {o['vae_perceptual']} {METRIC}); scaling_factor {_r(vae.get('scaling_factor'))} = 1 / latent std
+  ({_r(vae.get('latent_std'))}); reconstruction MAE {_r(vae.get('reconstruction_mae_255'), 1)} / 255 on training frames
+  (decode of the posterior mean, whole frames).
+- Renderer / RP UNets: widths {o['unet_widths']}, cross-attention {o['context']}; text encoder and CLIP vision
+  are small **random frozen** CLIP models (byte-level tokenizer) of width {o['context']}.
+- Text generator: LLaMA {o['text_hidden']} wide x 2 layers + CLIP ViT 224/32, SentencePiece tokenizer from the
+  instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector, merged, fp16.
+- Renderer/RP checkpoints stored as {'fp32' if o['fp32'] else 'fp16'} safetensors.
+
+Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
+
+## Use
+- Difference metric: **`stlpips_alex`** (there is no `lpips/` folder): `inverse-painting paint --models {out.name}
+  --metric stlpips_alex ...`, or metric `stlpips_alex` in the nodes.
+- Text model: `{out.name}/TP_llava` (or write the instructions by hand).
+- Resolution: trained at {o['size']} px; paint with `--short-side {o['size']}`.
+- Reproducibility: same command, seed, torch version and device -> the same weights (CPU runs are bit-exact;
+  GPU kernels may differ in the last bits).
+
+## Limits
+- Synthetic data only: landscapes of flat/noisy layers (sky, mountains, ground, water, trees, ...) painted in
+  blocks; real paintings are out of distribution.
+- The frozen CLIP text/vision encoders are random: the renderer and RP can only use what they separate.
+- Small step counts; {'this is the SMOKE preset: outputs are essentially untrained' if o['smoke'] else 'losses have not converged'}.
+"""
+    (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inverse_painting.training.starter",
+                                description="Build a seeded starter model from synthetic painting processes.")
+    p.add_argument("--out", required=True, help="the model folder to write (release layout)")
+    p.add_argument("--work", default=None, help="intermediate files (default: <out>.work)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="micro preset: everything in a few steps (minutes on CPU)")
+    p.add_argument("--processes", type=int)
+    p.add_argument("--size", type=int, help="short side of the synthetic paintings (px)")
+    p.add_argument("--aspect", type=float, default=None,
+                   help="fixed width/height of every painting (default: random common canvas shapes); "
+                        "a fixed aspect allows --batch-size > 1")
+    p.add_argument("--batch-size", type=int, default=1, help="pairs per step of the mask generator and renderer")
+    for part in ("vae", "mask", "renderer", "text"):
+        p.add_argument(f"--steps-{part}", type=int)
+        p.add_argument(f"--lr-{part}", type=float)
+    p.add_argument("--batch-vae", type=int)
+    p.add_argument("--vae-widths")
+    p.add_argument("--vae-kl", type=float, default=1e-6)
+    p.add_argument("--vae-perceptual", type=float, default=0.0, help="weight of the stlpips_alex term")
+    p.add_argument("--unet-widths")
+    p.add_argument("--context", type=int, help="cross-attention / CLIP width")
+    p.add_argument("--text-hidden", type=int)
+    p.add_argument("--text-lora-r", type=int, default=0, help="0 = the text model's hidden size")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (accelerate picks the GPU)")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--fp32", action="store_true", help="keep renderer/RP checkpoints in fp32")
+    p.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    return p
+
+
+def resolve_options(argv: Sequence[str] | None) -> dict:
+    a = build_parser().parse_args(argv)
+    preset = PRESETS["smoke" if a.smoke else "full"]
+    o = dict(vars(a))
+    for k, v in preset.items():
+        if o.get(k) is None:
+            o[k] = v
+    if not o["text_lora_r"]:
+        o["text_lora_r"] = int(o["text_hidden"])
+    return o
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    o = resolve_options(argv)
+    build(o, argv)
+    return 0
+
+
+def build(o: dict, argv: Sequence[str] = ()) -> dict:
+    from .cli import assemble
+    from .ground_truth import write_ground_truth
+    from .synthetic import generate_dataset
+    from .trainers import mask_generator, renderer, text_generator
+    from .trainers import vae as vae_trainer
+    from .trainers.common import TrainConfig
+    from .trainers.renderer import RendererConfig
+    from .trainers.text_generator import TextConfig
+    from .trainers.vae import VAEConfig
+
+    t_all = time.time()
+    out = Path(o["out"])
+    work = Path(o["work"]) if o.get("work") else out.with_name(out.name + ".work")
+    for d, mark in ((out, "starter.json"), (work, "skeleton")):
+        if d.exists():  # only ever delete a previous starter build, never an unrelated folder
+            if any(d.iterdir()) and not (d / mark).exists():
+                raise FileExistsError(f"{d} exists and is not a previous starter build: choose another --out/--work")
+            shutil.rmtree(d)
+    work.mkdir(parents=True)
+    seed = int(o["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    cpu = o["device"] == "cpu" or (o["device"] == "auto" and not torch.cuda.is_available())
+    common = dict(cpu=cpu, progress=bool(o["progress"]), tensorboard=False, log_every=0, seed=seed,
+                  mixed_precision=o["mixed_precision"], metric=METRIC)
+    rec = {"options": {k: v for k, v in o.items() if k not in ("out", "work")}, "stages": {},
+           "command": "python -m inverse_painting.training.starter " + " ".join(argv or ["--out", str(out)]),
+           "torch": torch.__version__, "machine": platform.machine(), "device": "cpu" if cpu else "cuda"}
+    data = work / "data"
+
+    def stage(name):
+        rec["stages"].setdefault(name, {})
+        return rec["stages"][name]
+
+    # 1-2: data and ground truth
+    t = time.time()
+    _log(f"synth {o['processes']} processes at {o['size']} px")
+    paintings = generate_dataset(str(data), o["processes"], seed, size=int(o["size"]), aspect=o["aspect"])
+    _log("ground truth (stlpips_alex masks, label text, LLaVA set)")
+    write_ground_truth(data, "train", metric_name=METRIC)
+    from .trainers.data import PairDataset
+
+    pairs = len(PairDataset(str(data), "train", metric=None, need_next_mask=False, need_target_mask=False))
+    instructions = sorted({lab for p in paintings for lab in p["labels"].values()} if paintings and isinstance(
+        paintings[0]["labels"], dict) else {lab for p in paintings for lab in p["labels"]})
+    rec["data"] = {"pairs": pairs, "frames": sum(p["frames"] for p in paintings), "instructions": instructions}
+    stage("data")["seconds"] = round(time.time() - t, 1)
+
+    # 3: skeleton
+    widths = [int(w) for w in str(o["unet_widths"]).split(",")]
+    skel = write_skeleton(work / "skeleton", starter_unet_config(widths, o["context"]), int(o["context"]), seed)
+
+    # 4: VAE
+    t = time.time()
+    _log(f"VAE {o['vae_widths']} for {o['steps_vae']} steps")
+    res = vae_trainer.train(VAEConfig(data=str(data), out=str(work / "runs" / "vae"), steps=o["steps_vae"],
+                                      lr=o["lr_vae"], batch_size=o["batch_vae"], widths=o["vae_widths"],
+                                      crop=int(o["size"]), kl_weight=o["vae_kl"], perceptual_weight=o["vae_perceptual"],
+                                      **common))
+    shutil.copytree(work / "runs" / "vae" / "vae", skel / "base" / "vae")
+    s = stage("vae")
+    s.update(json.loads((work / "runs" / "vae" / "vae_stats.json").read_text()))
+    s.update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
+             params_m=round(sum(p.numel() for p in res["model"].parameters()) / 1e6, 3))
+    del res
+
+    # 5: mask generator
+    t = time.time()
+    _log(f"mask generator for {o['steps_mask']} steps")
+    res = mask_generator.train(TrainConfig(data=str(data), base=str(skel), out=str(work / "runs" / "rp"),
+                                           steps=o["steps_mask"], lr=o["lr_mask"], batch_size=o["batch_size"],
+                                           complete_release=False, **common))
+    stage("mask").update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
+                         params_m=round(sum(p.numel() for p in res["model"].parameters()) / 1e6, 3))
+    del res
+
+    # 6: renderer
+    t = time.time()
+    _log(f"renderer for {o['steps_renderer']} steps")
+    res = renderer.train(RendererConfig(data=str(data), base=str(skel), out=str(work / "runs" / "renderer"),
+                                        steps=o["steps_renderer"], lr=o["lr_renderer"], init="random", batch_size=o["batch_size"],
+                                        complete_release=False, **common))
+    stage("renderer").update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
+                             params_m=round(sum(p.numel() for p in res["model"].parameters()) / 1e6, 3))
+    del res
+
+    # 7: text generator
+    t = time.time()
+    _log(f"text generator (tiny LLaVA) for {o['steps_text']} steps")
+    tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))
+    llava_base = write_tiny_llava(work / "llava_init", tok_dir, hidden=int(o["text_hidden"]), seed=seed)
+    r = int(o["text_lora_r"])
+    res = text_generator.train(TextConfig(data=str(data), base=str(llava_base), out=str(work / "runs" / "text"),
+                                          steps=o["steps_text"], lr=o["lr_text"], projector_lr=o["lr_text"],
+                                          lora_r=r, lora_alpha=2 * r, lora_dropout=0.0, save_adapter=False,
+                                          export_dtype="float16", **{**common, "mixed_precision": "no"}))
+    stage("text").update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
+                         params_m=round(sum(p.numel() for p in res["generator"].model.parameters()) / 1e6, 3))
+    del res
+
+    # 8: assemble
+    _log(f"assemble -> {out}")
+    assemble(out, base=str(skel), renderer=str(work / "runs" / "renderer"), mask=str(work / "runs" / "rp"),
+             text=str(work / "runs" / "text"), link_base=False, link_trained=False)
+    for f in list(out.glob("renderer/ckpt/*.ckpt")) + list(out.glob("RP/*.ckpt")):
+        f.unlink()  # safetensors only
+    (out / "assembled.json").unlink(missing_ok=True)
+    if not o["fp32"]:
+        halve_checkpoints(out)
+    rec["sizes_mb"] = folder_size_mb(out)
+    rec["total_mb"] = round(sum(rec["sizes_mb"].values()), 2)
+    rec["seconds"] = round(time.time() - t_all, 1)
+    (out / "starter.json").write_text(json.dumps(rec, indent=1))
+    write_model_card(out, rec)
+    if not o["keep_work"]:
+        shutil.rmtree(work)
+    _log(f"done in {rec['seconds']} s: {out} ({rec['total_mb']} MiB)")
+    return rec
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
