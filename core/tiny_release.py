@@ -29,6 +29,21 @@ def _byte_vocab() -> tuple[dict, str]:
     return {t: i for i, t in enumerate(vocab)}, "#version: 0.2\n"
 
 
+def write_byte_tokenizer(tok_dir) -> dict:
+    """Write the byte-level CLIP tokenizer (no merges) as a slow-tokenizer folder; returns its vocab."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _byte_vocab()
+    tok_dir = Path(tok_dir)
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text(merges)
+    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="<|endoftext|>")
+    tok.model_max_length = 77
+    tok.save_pretrained(tok_dir)
+    return vocab
+
+
 def unet_config(width: int = TINY_WIDTH, context: int = TINY_WIDTH) -> dict:
     return {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 2,
             "block_out_channels": [width] * 4, "center_input_sample": False, "cross_attention_dim": context,
@@ -41,7 +56,7 @@ def unet_config(width: int = TINY_WIDTH, context: int = TINY_WIDTH) -> dict:
 def write_random_release(root, seed: int = 0, width: int = TINY_WIDTH, step: int = 0) -> Path:
     """Write the release layout with random weights under ``root``; returns ``root``."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
     from ..models.feature_encoder import CanvasFeatureEncoder
     from ..models.lpips_net import ALEX_CHANNELS
@@ -58,14 +73,7 @@ def write_random_release(root, seed: int = 0, width: int = TINY_WIDTH, step: int
     AutoencoderKL(block_out_channels=(width,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
                   up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=4,
                   norm_num_groups=min(32, width), sample_size=64).save_pretrained(base / "vae")
-    vocab, merges = _byte_vocab()
-    tok_dir = base / "tokenizer"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text(merges)
-    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="<|endoftext|>")
-    tok.model_max_length = 77
-    tok.save_pretrained(tok_dir)
+    vocab = write_byte_tokenizer(base / "tokenizer")
     CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
                                  bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],

@@ -77,25 +77,17 @@ def write_skeleton(root, unet_cfg: dict, context: int, seed: int) -> Path:
         CLIPImageProcessor,
         CLIPTextConfig,
         CLIPTextModel,
-        CLIPTokenizer,
         CLIPVisionConfig,
         CLIPVisionModel,
     )
 
-    from ..core.tiny_release import _byte_vocab
+    from ..core.tiny_release import write_byte_tokenizer
 
     root = Path(root)
     base = root / "base"
     (base / "unet").mkdir(parents=True, exist_ok=True)
     (base / "unet" / "config.json").write_text(json.dumps(unet_cfg, indent=2))
-    vocab, merges = _byte_vocab()
-    tok_dir = base / "tokenizer"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text(merges)
-    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="<|endoftext|>")
-    tok.model_max_length = 77
-    tok.save_pretrained(tok_dir)
+    vocab = write_byte_tokenizer(base / "tokenizer")
     torch.manual_seed(seed)
     heads = max(1, context // 32)
     CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=context, intermediate_size=2 * context,
