@@ -64,6 +64,16 @@ def homography(src: Sequence, dst: Sequence) -> np.ndarray:
     return np.append(h, 1.0).reshape(3, 3)
 
 
+def source_coords(H: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Source coordinates (u, v) of every output pixel centre under the homography H (out -> src)."""
+    ys = np.arange(out_hw[0], dtype=np.float64) + 0.5
+    xs = np.arange(out_hw[1], dtype=np.float64) + 0.5
+    den = H[2, 0] * xs[None, :] + H[2, 1] * ys[:, None] + H[2, 2]
+    u = (H[0, 0] * xs[None, :] + H[0, 1] * ys[:, None] + H[0, 2]) / den
+    v = (H[1, 0] * xs[None, :] + H[1, 1] * ys[:, None] + H[1, 2]) / den
+    return u, v
+
+
 def warp_perspective(img: np.ndarray, H_out_to_src: np.ndarray, out_hw: tuple[int, int],
                      return_alpha: bool = False):
     """Sample `img` (HxWxC) at H(out pixel) with bilinear interpolation -> float32 (oh, ow, C).
@@ -77,12 +87,8 @@ def warp_perspective(img: np.ndarray, H_out_to_src: np.ndarray, out_hw: tuple[in
     if src.ndim == 2:
         src = src[..., None]
     sh, sw = src.shape[:2]
-    ys = np.arange(oh, dtype=np.float64) + 0.5
-    xs = np.arange(ow, dtype=np.float64) + 0.5
     H = np.asarray(H_out_to_src, np.float64)
-    den = H[2, 0] * xs[None, :] + H[2, 1] * ys[:, None] + H[2, 2]
-    u = (H[0, 0] * xs[None, :] + H[0, 1] * ys[:, None] + H[0, 2]) / den
-    v = (H[1, 0] * xs[None, :] + H[1, 1] * ys[:, None] + H[1, 2]) / den
+    u, v = source_coords(H, (oh, ow))
     fx = np.clip(u - 0.5, 0, sw - 1).astype(np.float32)
     fy = np.clip(v - 0.5, 0, sh - 1).astype(np.float32)
     x0 = np.minimum(fx.astype(np.int32), sw - 2) if sw > 1 else np.zeros_like(fx, np.int32)
@@ -112,12 +118,7 @@ class Warper:
     def __init__(self, H_out_to_src: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]):
         oh, ow = int(out_hw[0]), int(out_hw[1])
         sh, sw = int(src_hw[0]), int(src_hw[1])
-        ys = np.arange(oh, dtype=np.float64) + 0.5
-        xs = np.arange(ow, dtype=np.float64) + 0.5
-        H = np.asarray(H_out_to_src, np.float64)
-        den = H[2, 0] * xs[None, :] + H[2, 1] * ys[:, None] + H[2, 2]
-        u = (H[0, 0] * xs[None, :] + H[0, 1] * ys[:, None] + H[0, 2]) / den
-        v = (H[1, 0] * xs[None, :] + H[1, 1] * ys[:, None] + H[1, 2]) / den
+        u, v = source_coords(np.asarray(H_out_to_src, np.float64), (oh, ow))
         fx = np.clip(u - 0.5, 0, sw - 1).ravel()
         fy = np.clip(v - 0.5, 0, sh - 1).ravel()
         x0 = np.minimum(fx.astype(np.int64), max(0, sw - 2))
