@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 PACK_DIR = Path(__file__).resolve().parent
@@ -42,16 +41,16 @@ def _parse_dtype(name: str):
 
 
 def cmd_paint(args) -> int:
-    import numpy as np
     import torch
     from PIL import Image
 
     from .core.export import write_process
     from .core.guidance import GuidanceScales
     from .core.imaging import prepare_image
-    from .core.loop import Painter, PaintSettings
+    from .core.loop import Painter, PaintSettings, collect_process
+    from .core.loading import paint_defaults
     from .core.model_set import ModelSet
-    from .models.lpips_net import BACKBONE_FILENAMES, load_perceptual_metric
+    from .models.lpips_net import load_perceptual_metric, resolve_metric_name
     from .models.text_instruction import ManualInstructions, TextInstructionGenerator, parse_instruction_list
 
     image_path = Path(args.image) if args.image else EXAMPLE_IMAGE
@@ -64,18 +63,17 @@ def cmd_paint(args) -> int:
     except Exception as exc:
         print(f"error: cannot read image {image_path}: {exc}", file=sys.stderr)
         return 2
-    working = prepare_image(img, args.short_side)
+    models_dir = Path(args.models) if args.models else _default_models()
+    defaults = paint_defaults(models_dir)
+    short_side = args.short_side or defaults.get("short_side", 512)
+    working = prepare_image(img, short_side)
     if working.note:
         print(f"input: {working.note}")
-    models_dir = Path(args.models) if args.models else _default_models()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = ModelSet.from_release(models_dir, device=device, dtype=_parse_dtype(args.dtype),
                                    time_dtype=torch.float16 if args.official_fp16_time else None)
     lpips_dir = models.paths.lpips
-    metric_name = args.metric
-    if metric_name == "auto":  # the release's LPIPS when its AlexNet file is there, else the offline ST-LPIPS
-        has_backbone = lpips_dir is not None and any((lpips_dir / n).is_file() for n in BACKBONE_FILENAMES)
-        metric_name = "lpips_alex" if has_backbone else "stlpips_alex"
+    metric_name = resolve_metric_name(args.metric, lpips_dir)
     metric = load_perceptual_metric(metric_name, weights_dir=lpips_dir, device=device)
     if args.instructions:
         text = ManualInstructions(parse_instruction_list(args.instructions))
@@ -85,19 +83,13 @@ def cmd_paint(args) -> int:
         print("error: no text-instruction model in the models folder: pass --instructions", file=sys.stderr)
         return 2
     settings = PaintSettings(interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps,
-                             seed=args.seed, short_side=args.short_side, fast_guidance=not args.six_branch,
-                             scales=GuidanceScales(*args.guidance))
+                             seed=args.seed, short_side=short_side, fast_guidance=not args.six_branch,
+                             scales=GuidanceScales(*args.guidance),
+                             compare_to=args.compare_to if args.compare_to != "auto" else defaults.get("compare_to", "target"))
     painter = Painter(models, metric)
-    frames = [working.white_canvas()[: working.size[0], : working.size[1]]]
-    masks = [np.zeros(working.size, np.uint8)]
-    records = [{"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None}]
-    start = time.time()
-    for kf in painter.paint(working, settings, instructions=text):
-        frames.append(kf.cropped)
-        masks.append((kf.mask[0, 0, : kf.size[0], : kf.size[1]].cpu().numpy() > 0.5).astype(np.uint8) * 255)
-        records.append(kf.record())
-        print(f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
-              f"LPIPS to target {kf.lpips_to_target:.4f}  ({time.time() - start:.1f}s)", flush=True)
+    frames, masks, records = collect_process(painter, working, settings, text, log=lambda kf, sec: print(
+        f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
+        f"LPIPS to target {kf.lpips_to_target:.4f}  ({sec:.1f}s)", flush=True))
     manifest = write_process(args.out, frames, records, dict(settings.to_dict(), metric=metric_name,
                              models=str(models_dir), image=str(image_path)), masks=masks,
                              extra={"stop_reason": painter.last_stop_reason})
@@ -163,10 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("--seed", type=int, default=1)
     paint.add_argument("--guidance", type=float, nargs=5, default=[2.0, 1.0, 5.0, 5.0, 5.0],
                        metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"))
-    paint.add_argument("--short-side", type=int, default=512, help="resize the input to this short side first")
+    paint.add_argument("--short-side", type=int, default=None,
+                       help="resize the input to this short side first (default: the model's training size: "
+                            "512 for released models, the starter's own size for a starter)")
     paint.add_argument("--metric", default="auto", choices=["auto", "lpips_alex", "stlpips_alex"],
                        help="difference metric; auto: lpips_alex when <models>/lpips/ has the AlexNet file, "
                             "else the offline shift-tolerant stlpips_alex")
+    paint.add_argument("--compare-to", default="auto", choices=["auto", "target", "reconstruction"],
+                       help="difference masks and the stop rule measure against the target, or against the "
+                            "target through the model's VAE (auto: what the model folder asks for; a starter "
+                            "asks for reconstruction)")
     paint.add_argument("--device")
     paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")

@@ -186,6 +186,19 @@ class ReleasePaths:
                                   "folder), clip/ (CLIP ViT-B/32), optional TP_llava/ and lpips/")
 
 
+def paint_defaults(root) -> dict:
+    """Painting settings a model folder asks for; empty for released models (the release's defaults).
+
+    A starter (``starter.json``, see training/starter.py) paints at its training size and measures the
+    difference masks and the stop rule against its VAE's reconstruction of the target
+    (``PaintSettings.compare_to``), because its small VAE cannot reproduce the target within the thresholds.
+    """
+    info = Path(root) / "starter.json"
+    if not info.is_file():
+        return {}
+    return {"short_side": int(json.loads(info.read_text())["options"]["size"]), "compare_to": "reconstruction"}
+
+
 def find_release(root) -> ReleasePaths:
     root = Path(root)
     if not root.is_dir():

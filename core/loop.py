@@ -11,6 +11,7 @@ and progress. For a given seed and settings it is deterministic.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -42,6 +43,11 @@ class PaintSettings:
     stop_change: float = 1e-3
     stop_min_keyframes: int = 4  # the change rule needs more than three keyframes
     short_side: int | None = 512
+    # what the difference masks and the "close to the target" rule measure against: the target itself
+    # (the release), or the target passed through the model's VAE, decode(encode(target)). A small VAE
+    # (the starter) cannot get closer to the target than its own reconstruction, which can be further
+    # than the 0.2 / 0.1 thresholds: measured against the target, the loop would never see a finished region.
+    compare_to: str = "target"  # "target" | "reconstruction"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,6 +144,12 @@ class Painter:
         tstate = self.renderer.prepare_target(working.padded)
         canvas = working.fit(start_canvas) if start_canvas is not None else working.white_canvas()
         target_img = working.padded
+        if settings.compare_to == "reconstruction":
+            reference = self.renderer.reconstruction(tstate)
+        elif settings.compare_to == "target":
+            reference = target_img
+        else:
+            raise ValueError(f"compare_to must be 'target' or 'reconstruction', not {settings.compare_to!r}")
         prev_mask = prev_latents = None
         changes: list[float] = []
         to_target: list[float] = []
@@ -155,13 +167,13 @@ class Painter:
             if user is not None:
                 mask_full = self._mask_from_user(user, working).to(self.models.device)
                 mask_lat = torch.nn.functional.interpolate(mask_full, size=working.latent_hw, mode="nearest")
-                difference = compute_difference_mask(self.metric, canvas, target_img, settings.difference_threshold,
+                difference = compute_difference_mask(self.metric, canvas, reference, settings.difference_threshold,
                                                      working.latent_hw).latent
                 chosen = LadderResult(mask_lat, mask_full, None, [{"decision": "user mask"}])
             else:
                 if self.mask_generator is None:
                     raise ValueError("no mask generator loaded and no mask given for keyframe %d" % k)
-                pred = self.mask_generator.predict(canvas, target_img, instruction, settings.interval_s,
+                pred = self.mask_generator.predict(canvas, reference, instruction, settings.interval_s,
                                                    settings.difference_threshold, target_latents=tstate.latents)
                 chosen = self.mask_generator.choose(pred, prev_mask, first=k == 0, ladder=settings.threshold_ladder)
                 difference = pred.difference
@@ -178,7 +190,7 @@ class Painter:
                 prev_latents if (settings.combine_init and k > 0) else None, settings.combine_ratio,
                 sampler=sampler, sigmas=sigmas, callback=cb)
             change = stop_rule_distance(self.metric, canvas, result.image)
-            dist = stop_rule_distance(self.metric, target_img, result.image)
+            dist = stop_rule_distance(self.metric, reference, result.image)
             changes.append(change)
             to_target.append(dist)
             yield Keyframe(k + 1, (k + 1) * settings.interval_s, result.image, instruction, chosen.mask_full,
@@ -186,3 +198,24 @@ class Painter:
                            result.latents, working.size)
             canvas = working.repad(result.image)  # crop to the painted area, re-blacken the pad
             prev_mask, prev_latents = chosen.mask_full, result.latents
+
+
+def collect_process(painter: Painter, working: WorkingImage, settings: PaintSettings, instructions=None,
+                    log=None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
+    """Run :meth:`Painter.paint` and gather what :func:`..core.export.write_process` writes.
+
+    Returns (frames, masks, records), frame 0 being the white canvas at t = 0 (unpadded uint8 HWC; masks
+    uint8 0/255 of the region painted to reach each frame). ``log(keyframe, seconds)`` is called per keyframe.
+    """
+    h, w = working.size
+    frames = [working.white_canvas()[:h, :w]]
+    masks = [np.zeros((h, w), np.uint8)]
+    records = [{"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None}]
+    start = time.time()
+    for kf in painter.paint(working, settings, instructions=instructions):
+        frames.append(kf.cropped)
+        masks.append((kf.mask[0, 0, :h, :w].cpu().numpy() > 0.5).astype(np.uint8) * 255)
+        records.append(kf.record())
+        if log is not None:
+            log(kf, time.time() - start)
+    return frames, masks, records

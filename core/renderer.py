@@ -84,6 +84,11 @@ class Renderer:
         return TargetState(target_image, latents, e_target, banks)
 
     @torch.no_grad()
+    def reconstruction(self, target: TargetState) -> np.ndarray:
+        """The target as the VAE gives it back: decode(target latents), uint8 HWC (padded size)."""
+        return tensor_to_uint8(self.models.decode_latents(target.latents))
+
+    @torch.no_grad()
     def time_token(self, interval_s: float) -> torch.Tensor:
         return self.nets.time_encoder(interval_s).to(self.models.dtype)
 

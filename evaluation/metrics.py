@@ -7,7 +7,8 @@ Definitions (times in seconds, clocks start at the blank canvas):
   the real frames of a painting, then over paintings.
 * **IoU** -- difference masks D(f_k, f_k+1, 0.2) (spatial perceptual distance > 0.2, the mask generator's
   input rule) of consecutive frames of each sequence; for each generated mask the best IoU over all real
-  masks; averaged. IoU of two empty masks is 1 (they agree); a sequence with one frame has no masks (NaN).
+  *non-empty* masks (a step that changed nothing visible painted no region: it matches nothing and scores 0);
+  averaged. A sequence with one frame has no masks (NaN).
 * **DDC** -- the curves "time in minutes vs perceptual distance to the target" (target = the real
   sequence's last frame, for both curves) compared with DTW (symmetric2, normalised by N + M, see
   :mod:`.dtw`) on the distance values; time only orders the samples.
@@ -151,14 +152,22 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def best_match_iou(generated_masks, real_masks) -> tuple[float, list[dict]]:
-    """Mean over generated masks of the best IoU with any real mask (NaN if either list is empty)."""
+    """Mean over generated masks of the best IoU with any non-empty real mask.
+
+    A real transition with an empty mask painted no region, so it is not a match candidate: otherwise a
+    generated step that changes nothing visible (e.g. a slow cross-fade) would score a perfect 1 as soon as
+    the real process has one imperceptible step. An empty generated mask therefore scores 0. NaN if there
+    is no generated mask or no non-empty real mask.
+    """
     details = []
-    if not generated_masks or not real_masks:
+    candidates = [(j, r) for j, r in enumerate(real_masks) if np.asarray(r, bool).any()]
+    if not generated_masks or not candidates:
         return float("nan"), details
     for k, g in enumerate(generated_masks):
-        ious = [mask_iou(g, r) for r in real_masks]
-        j = int(np.argmax(ious))
-        details.append({"generated_transition": k + 1, "best_real_transition": j + 1, "iou": ious[j]})
+        ious = [mask_iou(g, r) for _, r in candidates]
+        best = int(np.argmax(ious))
+        details.append({"generated_transition": k + 1, "best_real_transition": candidates[best][0] + 1,
+                        "iou": ious[best]})
     return float(np.mean([d["iou"] for d in details])), details
 
 

@@ -325,6 +325,17 @@ def alexnet_features_state(sd: dict[str, torch.Tensor], source: str = "") -> dic
     return {k: out[k] for k in sorted(keep)}
 
 
+AUTO = "auto"
+
+
+def resolve_metric_name(name: str, weights_dir=None) -> str:
+    """``auto`` -> ``lpips_alex`` when ``weights_dir`` (a release's lpips/) holds the ImageNet AlexNet
+    trunk, else the offline ``stlpips_alex`` (what a starter model is trained with); other names pass."""
+    if name != AUTO:
+        return name
+    return LPIPS_ALEX if _find_in_dir(weights_dir, BACKBONE_FILENAMES) is not None else STLPIPS_ALEX
+
+
 def _find_in_dir(weights_dir, names) -> Path | None:
     if weights_dir is None:
         return None

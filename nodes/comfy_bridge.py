@@ -22,6 +22,7 @@ import torch
 log = logging.getLogger("inverse_painting")
 
 MODEL_FOLDER = "inverse_painting"  # ComfyUI's models/inverse_painting/
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "assets"  # holds starter_model/, listed after the user's
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,6 +86,7 @@ def model_roots() -> list[Path]:
     env = os.environ.get("INVERSE_PAINTING_MODELS")
     if env:
         roots += [Path(p) for p in env.split(os.pathsep) if p]
+    roots.append(BUNDLED_MODELS)  # the starter model shipped in the pack (assets/starter_model)
     seen, out = set(), []
     for r in roots:
         key = str(r.resolve()) if r.exists() else str(r)

@@ -32,7 +32,7 @@ CATEGORY = "Inverse Painting"
 MODEL_TYPE = "INVERSE_PAINTING_MODEL"
 TEXT_MODEL_TYPE = "INVERSE_PAINTING_TEXT_MODEL"
 COMPONENTS = ["renderer + mask generator", "renderer only", "mask generator only"]
-METRICS = ["lpips_alex", "stlpips_alex"]
+METRICS = ["auto", "lpips_alex", "stlpips_alex"]
 _CACHE_SIZE = 2
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
 _cache_lock = threading.Lock()
@@ -81,7 +81,10 @@ class InversePaintingModel:
     """INVERSE_PAINTING_MODEL: one release + how to run it; loads on first use."""
 
     def __init__(self, path, device: str = "auto", precision: str = "auto", components: str = COMPONENTS[0],
-                 metric: str = METRICS[0], short_side: int = 512):
+                 metric: str = METRICS[0], short_side: int = 0):
+        from ..core.loading import paint_defaults
+        from ..models.lpips_net import resolve_metric_name
+
         self.path = Path(path)
         paths = find_release(self.path)
         need = ["base", "clip"]
@@ -91,8 +94,13 @@ class InversePaintingModel:
             need.append("mask_generator")
         paths.require(*need)  # fail in the loader, not later, when files are missing
         self.paths = paths
+        # auto: the release's LPIPS when it ships the AlexNet trunk, else the offline ST-LPIPS
+        metric = resolve_metric_name(metric, paths.lpips)
         self.device_choice, self.precision, self.components, self.metric_name = device, precision, components, metric
-        self.short_side = int(short_side) if short_side else None
+        # 0 = the size the model was trained at (512 for released models, the starter's own size)
+        defaults = paint_defaults(self.path)
+        self.short_side = int(short_side) if short_side else int(defaults.get("short_side", 512))
+        self.compare_to = defaults.get("compare_to", "target")
         self.device = cb.resolve_device(device)
         self.dtype = cb.resolve_dtype(precision, self.device)
         self.signature = _folder_signature(self.path)
@@ -168,7 +176,7 @@ class InversePaintingModel:
     def describe(self) -> dict:
         return {"release": self.path.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "components": self.components, "perceptual_metric": self.metric_name,
-                "short_side": self.short_side,
+                "short_side": self.short_side, "compare_to": self.compare_to,
                 "renderer_checkpoint": self.paths.renderer.name if self.paths.renderer else None,
                 "mask_generator_checkpoint": self.paths.mask_generator.name if self.paths.mask_generator else None}
 
@@ -255,11 +263,12 @@ class InversePaintingLoader:
             "perceptual_metric": (METRICS, {"default": METRICS[0], "tooltip": "Distance used for the difference "
                                             "mask and the stop rule. lpips_alex is the official one (needs "
                                             "lpips/ weights in the release); stlpips_alex ships with the "
-                                            "stlpips-pytorch wheel."}),
-            "short_side": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Working "
-                                   "resolution: the target is resized so its short side is this (the model was "
-                                   "trained at 512), then padded to multiples of 16. Every node using this "
-                                   "model works at this size."}),
+                                            "stlpips-pytorch wheel (the starter model uses it); auto picks "
+                                            "lpips_alex when the release has its weights, else stlpips_alex."}),
+            "short_side": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Working "
+                                   "resolution: the target is resized so its short side is this, then padded to "
+                                   "multiples of 16. 0 = the model's training size (512 for released models, 128 "
+                                   "for the bundled starter). Every node using this model works at this size."}),
         }}
 
     @classmethod
@@ -270,7 +279,7 @@ class InversePaintingLoader:
             return float("nan")
 
     def load(self, release, device="auto", precision="auto", components=COMPONENTS[0],
-             perceptual_metric=METRICS[0], short_side=512):
+             perceptual_metric=METRICS[0], short_side=0):
         try:
             path = cb.resolve_model_path(release)
             return (InversePaintingModel(path, device, precision, components, perceptual_metric, short_side),)

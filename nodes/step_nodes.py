@@ -210,7 +210,10 @@ class InversePaintingMaskGenerator:
         working, canvas_u8 = _working(model, target, canvas)
         cb.check_interrupt()
         gen = loaded.mask_generator
-        pred = gen.predict(canvas_u8, working.padded, str(instruction), float(interval), float(difference_threshold))
+        reference = working.padded
+        if model.compare_to == "reconstruction" and loaded.renderer is not None:  # a starter (see PaintSettings)
+            reference = loaded.renderer.reconstruction(model.target_state(loaded, working))
+        pred = gen.predict(canvas_u8, reference, str(instruction), float(interval), float(difference_threshold))
         prev = None
         if previous_mask is not None:
             prev = mask_to_working(mask_to_batch(previous_mask, "previous_mask")[0], working).to(pred.probability.device)

@@ -61,6 +61,27 @@ def test_stop_rules(painter, target):
     assert len(frames) == 4 and painter.last_stop_reason == "canvas_stopped_changing"
 
 
+def test_compare_to_reconstruction(painter, target):
+    """compare_to="reconstruction": masks and the stop distance measure against decode(encode(target))."""
+    from inverse_painting.core.difference_mask import compute_difference_mask, stop_rule_distance
+    from inverse_painting.core.imaging import prepare_image
+
+    working = prepare_image(target, 64)
+    recon = painter.renderer.reconstruction(painter.renderer.prepare_target(working.padded))
+    assert recon.shape == working.padded.shape and recon.dtype == np.uint8
+    assert not np.array_equal(recon, working.padded)  # a random VAE does not give the target back
+    trace = []
+    frames = _run(painter, target, max_keyframes=1, settings={"compare_to": "reconstruction"}, trace=trace)
+    k = frames[0]
+    assert k.lpips_to_target == pytest.approx(stop_rule_distance(painter.metric, recon, k.image), rel=1e-6)
+    assert k.lpips_to_target != pytest.approx(stop_rule_distance(painter.metric, working.padded, k.image), rel=1e-3)
+    white = working.white_canvas()
+    expected = compute_difference_mask(painter.metric, white, recon, 0.2, working.latent_hw).latent
+    assert torch.equal(trace[0]["difference"], expected)
+    with pytest.raises(ValueError, match="compare_to"):
+        _run(painter, target, max_keyframes=1, settings={"compare_to": "nope"})
+
+
 def test_start_canvas_user_masks_and_step_callback(painter, target):
     start = np.full((72, 100, 3), 128, np.uint8)
     mask = np.zeros((72, 100), np.float32)

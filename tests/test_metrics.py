@@ -131,6 +131,17 @@ def test_mask_iou_known_overlaps():
     assert np.isnan(best_match_iou([], [a])[0])
 
 
+def test_empty_masks_match_nothing():
+    # an imperceptible generated step must not borrow a perfect score from an imperceptible real step
+    empty = np.zeros((8, 8), bool)
+    a = np.zeros((8, 8), bool)
+    a[0:4, 0:4] = True
+    mean, details = best_match_iou([empty, a], [empty, a])
+    assert mean == pytest.approx(0.5)
+    assert [d["best_real_transition"] for d in details] == [2, 2]  # the empty real step is no candidate
+    assert np.isnan(best_match_iou([a], [empty, empty])[0])
+
+
 # ---------------------------------------------------------------------------------------------- Fréchet
 
 

@@ -141,6 +141,32 @@ def test_loader_lists_and_resolves_releases(release):
     assert m.describe()["release"] == "tiny"
 
 
+def test_loader_auto_metric_and_size(release, tmp_path):
+    """auto metric: lpips_alex only where the release ships the AlexNet trunk; short side 0: training size."""
+    import shutil
+
+    (m,) = NODES["InversePaintingLoader"]().load(str(release), "cpu", "fp32")
+    has_trunk = any((release / "lpips").glob("alexnet*"))
+    assert m.metric_name == ("lpips_alex" if has_trunk else "stlpips_alex") and m.short_side == 512
+    starter = tmp_path / "starter_like"
+    shutil.copytree(release, starter, symlinks=False, ignore=shutil.ignore_patterns("lpips"))
+    (starter / "starter.json").write_text(json.dumps({"options": {"size": 96}}))
+    (s,) = NODES["InversePaintingLoader"]().load(str(starter), "cpu", "fp32", perceptual_metric="auto", short_side=0)
+    assert (s.metric_name, s.short_side, s.compare_to) == ("stlpips_alex", 96, "reconstruction")
+    assert m.compare_to == "target"
+    assert s.working(np.zeros((300, 400, 3), np.uint8)).size == (96, 128)
+    (e,) = NODES["InversePaintingLoader"]().load(str(starter), "cpu", "fp32", perceptual_metric="stlpips_alex",
+                                                 short_side=64)
+    assert e.short_side == 64
+
+
+def test_bundled_models_folder_is_a_root():
+    assert cb.BUNDLED_MODELS in cb.model_roots()
+    if (cb.BUNDLED_MODELS / "starter_model" / "renderer").is_dir():
+        assert "starter_model" in cb.list_releases("release")
+        assert "starter_model/TP_llava" in cb.list_releases("text")
+
+
 def test_loader_is_lazy_and_cached(model):
     from inverse_painting.nodes import model_nodes
 

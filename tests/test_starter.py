@@ -84,3 +84,20 @@ def test_seeded_recipe_is_reproducible(starter, tmp_path):
         a, b = load_file(str(ck)), load_file(str(again / ck.relative_to(starter)))
         assert a.keys() == b.keys()
         assert all(bool((a[k] == b[k]).all()) for k in a), ck.name
+
+
+def test_two_lanes_give_the_same_weights(starter, tmp_path):
+    """--jobs 2 (VAE -> renderer next to text -> mask, in worker processes) == the one-process recipe."""
+    from inverse_painting.training import starter as st
+    from safetensors.torch import load_file
+
+    lanes = tmp_path / "lanes"
+    assert st.main(["--out", str(lanes), "--smoke", "--seed", "0", "--device", "cpu", "--no-keep-work",
+                    "--jobs", "2", "--threads", "1"]) == 0
+    rec = json.loads((lanes / "starter.json").read_text())
+    assert rec["options"]["jobs"] == 2 and set(rec["stages"]) >= {"vae", "text", "mask", "renderer"}
+    for ck in (next((starter / "RP").glob("*.safetensors")), next((starter / "renderer" / "ckpt").glob("*.safetensors")),
+               starter / "TP_llava" / "model.safetensors", starter / "base/vae/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(str(ck)), load_file(str(lanes / ck.relative_to(starter)))
+        assert a.keys() == b.keys()
+        assert all(bool((a[k] == b[k]).all()) for k in a), ck.name

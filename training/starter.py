@@ -45,13 +45,33 @@ METRIC = "stlpips_alex"
 # full recipe and micro ("--smoke") presets; command-line options override them
 PRESETS = {
     # 32,64,64,64 VAE + 32,64,64,128 UNets: ~34 MiB with fp16 renderer/RP checkpoints (limit 40 MiB)
-    "full": dict(processes=240, size=128, steps_vae=4000, steps_mask=6000, steps_renderer=20000, steps_text=20000,
+    "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, steps_vae=3000, steps_mask=5000, steps_renderer=4000, steps_text=20000, vae_perceptual=1.0,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
-                 batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=1e-4, lr_text=2e-3),
-    "smoke": dict(processes=2, size=64, steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
+                 batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-4, lr_text=2e-3),
+    "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0, steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
                   batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3),
 }
+
+
+# options that change where files go or what is printed, never the weights
+_NOT_IN_RECIPE = {"--work": 1, "--print-every": 1, "--progress": 0, "--no-progress": 0, "--keep-work": 0,
+                  "--no-keep-work": 0}
+
+
+def reproduce_command(argv: Sequence[str]) -> str:
+    """The command line that rebuilds the same weights (``argv`` minus output/logging-only options)."""
+    kept, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=", 1)[0]
+        if name in _NOT_IN_RECIPE:
+            skip = _NOT_IN_RECIPE[name] if "=" not in a else 0
+            continue
+        kept.append(a)
+    return "python -m inverse_painting.training.starter " + " ".join(kept)
 
 
 def _log(msg: str) -> None:
@@ -305,7 +325,32 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
 - The frozen CLIP text/vision encoders are random: the renderer and RP can only use what they separate.
 - Small step counts; {'this is the SMOKE preset: outputs are essentially untrained' if o['smoke'] else 'losses have not converged'}.
 """
+    ev = rec.get("evaluation")
+    if ev:
+        text += f"""
+## Evaluation (held-out synthetic processes)
+{ev['count']} processes from seed {ev['seed']} (no painting shared with the training set), painted with the
+CLI's defaults ({ev['steps']} denoising steps, fast guidance, seed {ev['paint_seed']}); the evaluation CLI
+(`{METRIC}`) against the real processes, next to two naive baselines with the same number of keyframes per
+painting (`python -m inverse_painting.evaluation.starter_report`):
+
+{ev['table']}
+"""
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+
+
+def rewrite_card(out, evaluation: dict | None = None) -> dict:
+    """Re-render MODEL_CARD.md from ``starter.json`` (optionally recording an evaluation first)."""
+    import shlex
+
+    out = Path(out)
+    rec = json.loads((out / "starter.json").read_text())
+    rec["command"] = reproduce_command(shlex.split(rec["command"])[3:])
+    if evaluation is not None:
+        rec["evaluation"] = evaluation
+    (out / "starter.json").write_text(json.dumps(rec, indent=1))
+    write_model_card(out, rec)
+    return rec
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -318,21 +363,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="micro preset: everything in a few steps (minutes on CPU)")
     p.add_argument("--processes", type=int)
     p.add_argument("--size", type=int, help="short side of the synthetic paintings (px)")
-    p.add_argument("--aspect", type=float, default=None,
+    p.add_argument("--aspect", type=float,
                    help="fixed width/height of every painting (default: random common canvas shapes); "
                         "a fixed aspect allows --batch-size > 1")
-    p.add_argument("--batch-size", type=int, default=1, help="pairs per step of the mask generator and renderer")
+    p.add_argument("--batch-size", type=int, help="pairs per step of the mask generator and renderer")
     for part in ("vae", "mask", "renderer", "text"):
         p.add_argument(f"--steps-{part}", type=int)
         p.add_argument(f"--lr-{part}", type=float)
     p.add_argument("--batch-vae", type=int)
     p.add_argument("--vae-widths")
     p.add_argument("--vae-kl", type=float, default=1e-6)
-    p.add_argument("--vae-perceptual", type=float, default=0.0, help="weight of the stlpips_alex term")
+    p.add_argument("--vae-perceptual", type=float, help="weight of the stlpips_alex term (texture: a tiny VAE "
+                   "trained on L1 alone blurs the strokes away)")
     p.add_argument("--unet-widths")
     p.add_argument("--context", type=int, help="cross-attention / CLIP width")
     p.add_argument("--text-hidden", type=int)
     p.add_argument("--text-lora-r", type=int, default=0, help="0 = the text model's hidden size")
+    p.add_argument("--vae-crop", type=int, help="square crop of the VAE's training frames (px; default --size)")
+    p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
+                   help="2 = train in two processes: [VAE -> renderer] next to [text -> mask]")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process with --jobs 2 (0 = cores / 2)")
+    p.add_argument("--print-every", type=int, default=0, help="print the mean loss every N steps")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (accelerate picks the GPU)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--fp32", action="store_true", help="keep renderer/RP checkpoints in fp32")
@@ -362,16 +413,99 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def build(o: dict, argv: Sequence[str] = ()) -> dict:
-    from .cli import assemble
-    from .ground_truth import write_ground_truth
-    from .synthetic import generate_dataset
+def _stage_common(o: dict) -> dict:
+    cpu = o["device"] == "cpu" or (o["device"] == "auto" and not torch.cuda.is_available())
+    return dict(cpu=cpu, progress=bool(o["progress"]), tensorboard=False, log_every=0, seed=int(o["seed"]),
+                mixed_precision=o["mixed_precision"], metric=METRIC, print_every=int(o["print_every"]),
+                lr_schedule="cosine", warmup_ratio=0.02)
+
+
+def _params_m(model) -> float:
+    return round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
+
+
+def run_stage(name: str, o: dict, work: str, threads: int = 0) -> dict:
+    """Train one network of the recipe (``vae``, ``mask``, ``renderer`` or ``text``); returns its record.
+
+    A top-level function so that the lanes can run it in worker processes. Every stage seeds itself from
+    ``--seed`` (the shared loop's (seed, step, rank) generators), so the result does not depend on which
+    lane or process runs it, only on the stages it reads (mask and renderer read the VAE).
+    """
     from .trainers import mask_generator, renderer, text_generator
     from .trainers import vae as vae_trainer
     from .trainers.common import TrainConfig
     from .trainers.renderer import RendererConfig
     from .trainers.text_generator import TextConfig
     from .trainers.vae import VAEConfig
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    work = Path(work)
+    data, skel, runs = work / "data", work / "skeleton", work / "runs"
+    common = _stage_common(o)
+    t = time.time()
+    _log(f"{name}: start")
+    if name == "vae":
+        res = vae_trainer.train(VAEConfig(data=str(data), out=str(runs / "vae"), steps=o["steps_vae"],
+                                          lr=o["lr_vae"], batch_size=o["batch_vae"], widths=o["vae_widths"],
+                                          crop=int(o["vae_crop"] or o["size"]), kl_weight=o["vae_kl"],
+                                          perceptual_weight=o["vae_perceptual"], **common))
+        shutil.copytree(runs / "vae" / "vae", skel / "base" / "vae")
+        rec = json.loads((runs / "vae" / "vae_stats.json").read_text())
+        model = res["model"]
+    elif name == "mask":
+        res = mask_generator.train(TrainConfig(data=str(data), base=str(skel), out=str(runs / "rp"),
+                                               steps=o["steps_mask"], lr=o["lr_mask"], batch_size=o["batch_size"],
+                                               complete_release=False, **common))
+        rec, model = {}, res["model"]
+    elif name == "renderer":
+        res = renderer.train(RendererConfig(data=str(data), base=str(skel), out=str(runs / "renderer"),
+                                            steps=o["steps_renderer"], lr=o["lr_renderer"], init="random",
+                                            batch_size=o["batch_size"], complete_release=False, **common))
+        rec, model = {}, res["model"]
+    elif name == "text":
+        tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))
+        llava_base = write_tiny_llava(work / "llava_init", tok_dir, hidden=int(o["text_hidden"]), seed=int(o["seed"]))
+        r = int(o["text_lora_r"])
+        res = text_generator.train(TextConfig(data=str(data), base=str(llava_base), out=str(runs / "text"),
+                                              steps=o["steps_text"], lr=o["lr_text"], projector_lr=o["lr_text"],
+                                              lora_r=r, lora_alpha=2 * r, lora_dropout=0.0, save_adapter=False,
+                                              export_dtype="float16", **{**common, "mixed_precision": "no"}))
+        rec, model = {}, res["generator"].model
+    else:
+        raise ValueError(f"unknown stage {name!r}")
+    rec.update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1), params_m=_params_m(model))
+    _log(f"{name}: done in {rec['seconds']} s (loss {rec['loss']['first10']} -> {rec['loss']['last10']})")
+    return rec
+
+
+def run_stages(o: dict, work: Path) -> dict:
+    """The four trainings, in two lanes when ``--jobs 2``: [VAE -> renderer] and [text -> mask].
+
+    The mask generator and the renderer read the VAE's latents, so they start after it; the text generator
+    needs only the images. With one job everything runs in this process, in the same order.
+    """
+    jobs = int(o["jobs"])
+    if jobs <= 1:
+        return {name: run_stage(name, o, str(work)) for name in ("vae", "text", "mask", "renderer")}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 2) // 2) if o["threads"] == 0 else int(o["threads"])
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
+        vae = pool.submit(run_stage, "vae", o, str(work), threads)
+        text = pool.submit(run_stage, "text", o, str(work), threads)
+        stages = {"vae": vae.result()}
+        rend = pool.submit(run_stage, "renderer", o, str(work), threads)  # the longest: first free worker
+        mask = pool.submit(run_stage, "mask", o, str(work), threads)
+        stages.update(text=text.result(), mask=mask.result(), renderer=rend.result())
+    return stages
+
+
+def build(o: dict, argv: Sequence[str] = ()) -> dict:
+    from .cli import assemble
+    from .ground_truth import write_ground_truth
+    from .synthetic import generate_dataset
 
     t_all = time.time()
     out = Path(o["out"])
@@ -385,17 +519,11 @@ def build(o: dict, argv: Sequence[str] = ()) -> dict:
     seed = int(o["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
-    cpu = o["device"] == "cpu" or (o["device"] == "auto" and not torch.cuda.is_available())
-    common = dict(cpu=cpu, progress=bool(o["progress"]), tensorboard=False, log_every=0, seed=seed,
-                  mixed_precision=o["mixed_precision"], metric=METRIC)
+    cpu = _stage_common(o)["cpu"]
     rec = {"options": {k: v for k, v in o.items() if k not in ("out", "work")}, "stages": {},
-           "command": "python -m inverse_painting.training.starter " + " ".join(argv or ["--out", str(out)]),
+           "command": reproduce_command(argv or ["--out", str(out)]),
            "torch": torch.__version__, "machine": platform.machine(), "device": "cpu" if cpu else "cuda"}
     data = work / "data"
-
-    def stage(name):
-        rec["stages"].setdefault(name, {})
-        return rec["stages"][name]
 
     # 1-2: data and ground truth
     t = time.time()
@@ -409,59 +537,15 @@ def build(o: dict, argv: Sequence[str] = ()) -> dict:
     instructions = sorted({lab for p in paintings for lab in p["labels"].values()} if paintings and isinstance(
         paintings[0]["labels"], dict) else {lab for p in paintings for lab in p["labels"]})
     rec["data"] = {"pairs": pairs, "frames": sum(p["frames"] for p in paintings), "instructions": instructions}
-    stage("data")["seconds"] = round(time.time() - t, 1)
+    rec["stages"]["data"] = {"seconds": round(time.time() - t, 1)}
 
     # 3: skeleton
     widths = [int(w) for w in str(o["unet_widths"]).split(",")]
-    skel = write_skeleton(work / "skeleton", starter_unet_config(widths, o["context"]), int(o["context"]), seed)
+    write_skeleton(work / "skeleton", starter_unet_config(widths, o["context"]), int(o["context"]), seed)
 
-    # 4: VAE
-    t = time.time()
-    _log(f"VAE {o['vae_widths']} for {o['steps_vae']} steps")
-    res = vae_trainer.train(VAEConfig(data=str(data), out=str(work / "runs" / "vae"), steps=o["steps_vae"],
-                                      lr=o["lr_vae"], batch_size=o["batch_vae"], widths=o["vae_widths"],
-                                      crop=int(o["size"]), kl_weight=o["vae_kl"], perceptual_weight=o["vae_perceptual"],
-                                      **common))
-    shutil.copytree(work / "runs" / "vae" / "vae", skel / "base" / "vae")
-    s = stage("vae")
-    s.update(json.loads((work / "runs" / "vae" / "vae_stats.json").read_text()))
-    s.update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
-             params_m=round(sum(p.numel() for p in res["model"].parameters()) / 1e6, 3))
-    del res
-
-    # 5: mask generator
-    t = time.time()
-    _log(f"mask generator for {o['steps_mask']} steps")
-    res = mask_generator.train(TrainConfig(data=str(data), base=str(skel), out=str(work / "runs" / "rp"),
-                                           steps=o["steps_mask"], lr=o["lr_mask"], batch_size=o["batch_size"],
-                                           complete_release=False, **common))
-    stage("mask").update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
-                         params_m=round(sum(p.numel() for p in res["model"].parameters()) / 1e6, 3))
-    del res
-
-    # 6: renderer
-    t = time.time()
-    _log(f"renderer for {o['steps_renderer']} steps")
-    res = renderer.train(RendererConfig(data=str(data), base=str(skel), out=str(work / "runs" / "renderer"),
-                                        steps=o["steps_renderer"], lr=o["lr_renderer"], init="random", batch_size=o["batch_size"],
-                                        complete_release=False, **common))
-    stage("renderer").update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
-                             params_m=round(sum(p.numel() for p in res["model"].parameters()) / 1e6, 3))
-    del res
-
-    # 7: text generator
-    t = time.time()
-    _log(f"text generator (tiny LLaVA) for {o['steps_text']} steps")
-    tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))
-    llava_base = write_tiny_llava(work / "llava_init", tok_dir, hidden=int(o["text_hidden"]), seed=seed)
-    r = int(o["text_lora_r"])
-    res = text_generator.train(TextConfig(data=str(data), base=str(llava_base), out=str(work / "runs" / "text"),
-                                          steps=o["steps_text"], lr=o["lr_text"], projector_lr=o["lr_text"],
-                                          lora_r=r, lora_alpha=2 * r, lora_dropout=0.0, save_adapter=False,
-                                          export_dtype="float16", **{**common, "mixed_precision": "no"}))
-    stage("text").update(loss=_loss_summary(res["losses"]), seconds=round(time.time() - t, 1),
-                         params_m=round(sum(p.numel() for p in res["generator"].model.parameters()) / 1e6, 3))
-    del res
+    # 4-7: VAE, text generator, mask generator, renderer
+    rec["stages"].update(run_stages(o, work))
+    skel = work / "skeleton"
 
     # 8: assemble
     _log(f"assemble -> {out}")

@@ -52,6 +52,7 @@ class TrainConfig:
     resume: str = ""  # "", "latest" or a state folder
     cpu: bool = False
     log_every: int = 10
+    print_every: int = 0  # print the mean loss every N steps (long unattended runs); 0 = off
     metric: str = "stlpips_alex"
     metric_dir: str = ""
     drop_prob: float = 0.1
@@ -364,6 +365,10 @@ def train_loop(cfg: TrainConfig, accelerator, model: torch.nn.Module, loss_fn, e
             bar.set_postfix(loss=f"{lv:.4f}")
         if cfg.log_every and step % cfg.log_every == 0:
             accelerator.log({"loss": lv, "loss_avg": sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])}, step=step)
+        if cfg.print_every and step % cfg.print_every == 0:
+            recent = losses[-cfg.print_every:]
+            accelerator.print(f"{name}: step {step}/{cfg.steps} loss {sum(recent) / len(recent):.5f} "
+                              f"({time.time() - t0:.0f}s)", flush=True)
         if cfg.save_state_every and step % cfg.save_state_every == 0 and step < end:
             save_state(step)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:

@@ -1,0 +1,195 @@
+"""Held-out benchmark of a starter model against two naive baselines (the README's results table).
+
+    python -m inverse_painting.evaluation.starter_report --models assets/starter_model --out output/starter_eval
+
+1. writes ``--count`` synthetic painting processes from ``--seed`` (checked disjoint from the paintings the
+   starter was trained on: the per-painting seeds of both sets are compared) at the starter's size/aspect;
+2. paints each finished painting with the starter model (the CLI's painting loop and defaults);
+3. writes the two baselines of :mod:`.baselines` with as many keyframes as the starter used for that
+   painting, so all three differ only in *what* is painted *when*;
+4. runs the evaluation CLI (:func:`.cli.run`) for each method against the real processes and writes
+   ``results.json`` and ``results.md`` (the table), plus, for ``--figure-painting``, a keyframe strip
+   (real / starter / baselines at the same times) and the starter's time map.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from .baselines import BASELINES, write_baseline
+
+METHODS = ("starter",) + BASELINES
+LABELS = {"starter": "starter model", "crossfade": "cross-fade (white -> target)", "tiles": "random 8x8 tiles"}
+
+
+def painting_seeds(seed: int, count: int) -> set[int]:
+    """The per-painting seeds :func:`..training.synthetic.generate_dataset` draws for (seed, count)."""
+    return {int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0]) for i in range(int(count))}
+
+
+def write_held_out(root: Path, count: int, seed: int, size: int, aspect, train_seed: int, train_count: int) -> Path:
+    from ..training.synthetic import generate_dataset
+
+    overlap = painting_seeds(seed, count) & painting_seeds(train_seed, train_count)
+    if overlap:
+        raise SystemExit(f"held-out seed {seed} shares {len(overlap)} paintings with the training set: pick another")
+    generate_dataset(str(root), count, seed, size=size, aspect=aspect, split="heldout", prefix="heldout")
+    return root / "heldout" / "rgb"
+
+
+def paint_all(models_dir: Path, real: dict, out: Path, steps: int, seed: int, device: str, max_keyframes: int = 50,
+              log=print) -> dict:
+    """Paint each real sequence's last frame with the model; {name: number of keyframes}."""
+    import torch
+
+    from ..core.export import write_process
+    from ..core.imaging import prepare_image
+    from ..core.loading import paint_defaults
+    from ..core.loop import Painter, PaintSettings, collect_process
+    from ..core.model_set import ModelSet
+    from ..models.lpips_net import load_perceptual_metric
+    from ..models.text_instruction import TextInstructionGenerator
+
+    models = ModelSet.from_release(models_dir, device=device, dtype=torch.float32)
+    metric = load_perceptual_metric("stlpips_alex", device=device)
+    text = TextInstructionGenerator.from_pretrained(models.paths.text_model, device=device)
+    painter = Painter(models, metric)
+    counts = {}
+    for name, seq in sorted(real.items()):
+        t = time.time()
+        short = min(seq.target.shape[:2])
+        working = prepare_image(seq.target, short)
+        settings = PaintSettings(steps=steps, seed=seed, short_side=short, max_keyframes=max_keyframes,
+                                 compare_to=paint_defaults(models_dir).get("compare_to", "target"))
+        frames, masks, records = collect_process(painter, working, settings, text)
+        write_process(out / name, frames, records, dict(settings.to_dict(), metric="stlpips_alex",
+                      models=str(models_dir)), masks=masks, video=(), extra={"stop_reason": painter.last_stop_reason})
+        counts[name] = len(frames) - 1
+        log(f"{name}: {counts[name]} keyframes ({painter.last_stop_reason}) in {time.time() - t:.1f}s "
+            f"(real: {len(seq) - 1})")
+    return counts
+
+
+def evaluate_method(generated: Path, real_dir: Path, out: Path, plots: bool) -> dict:
+    from .cli import run
+
+    args = SimpleNamespace(generated=str(generated), real=str(real_dir), out=str(out), metric="stlpips_alex",
+                           lpips_weights=None, threshold=0.2, short_side=None, fid="none", inception_weights=None,
+                           no_plots=not plots, device="cpu")
+    return run(args)
+
+
+def results_table(overall: dict) -> str:
+    """Markdown table: one row per method, best LPIPS/DDC/DTS (lowest) and IoU (highest) in bold."""
+    cols = (("lpips", "LPIPS ↓", min), ("iou", "IoU ↑", max), ("ddc", "DDC ↓", min), ("dts_min", "DTS (min) ↓", min))
+    best = {k: f([overall[m][k] for m in overall]) for k, _, f in cols}
+    lines = ["| method | " + " | ".join(h for _, h, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m, o in overall.items():
+        cells = [(f"**{o[k]:.4f}**" if o[k] == best[k] else f"{o[k]:.4f}") for k, _, _ in cols]
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def keyframe_strip(sequences: dict, path: Path, columns: int = 8, title: str = "") -> None:
+    """Rows = methods, columns = the same moments (fractions of the real duration), nearest earlier frame."""
+    from .plots import _figure, _finish
+    from .sequences import format_mss
+
+    real = sequences["real"]
+    moments = np.linspace(0, real.duration_s, columns)
+    h, w = real.frames[0].shape[:2]
+    fig = _figure(columns * 1.5 + 1.2, len(sequences) * (1.5 * h / w + 0.3) + 0.4)
+    for r, (label, seq) in enumerate(sequences.items()):
+        times = np.asarray(seq.times_s)
+        for c, t in enumerate(moments):
+            k = int(np.searchsorted(times, t + 1e-6, side="right") - 1)
+            ax = fig.add_subplot(len(sequences), columns, r * columns + c + 1)
+            ax.imshow(seq.frames[max(k, 0)])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(format_mss(t), fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _finish(fig, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m inverse_painting.evaluation.starter_report", description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "assets" / "starter_model"))
+    p.add_argument("--out", default="output/starter_eval")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1000, help="seed of the held-out processes (not the training seed)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps per keyframe")
+    p.add_argument("--paint-seed", type=int, default=1)
+    p.add_argument("--max-keyframes", type=int, default=50)
+    p.add_argument("--figure-painting", type=int, default=0, help="index of the painting shown in the figures")
+    p.add_argument("--figures", default=None, help="also copy the figures into this folder (e.g. docs/images)")
+    p.add_argument("--update-card", action="store_true",
+                   help="record the table in the model's starter.json and MODEL_CARD.md")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+
+    from .sequences import load_sequences
+
+    models = Path(a.models)
+    info = json.loads((models / "starter.json").read_text())["options"]
+    out = Path(a.out)
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.time()
+    real_dir = write_held_out(out / "data", a.count, a.seed, int(info["size"]), info.get("aspect"),
+                              int(info["seed"]), int(info["processes"]))
+    real = load_sequences(real_dir)
+    counts = paint_all(models, real, out / "starter", a.steps, a.paint_seed, a.device, a.max_keyframes)
+    for kind in BASELINES:
+        for name, seq in real.items():
+            write_baseline(kind, out / kind / name, seq.target, counts[name], seed=a.seed)
+    overall, per = {}, {}
+    for m in METHODS:
+        rep = evaluate_method(out / m, real_dir, out / f"eval_{m}", plots=m == "starter")
+        overall[m] = {k: rep["overall"][k] for k in ("lpips", "iou", "ddc", "dts_min", "num_paintings")}
+        per[m] = {js["name"]: {k: js.get(k) for k in ("lpips", "iou", "ddc", "dts_min")} for js in rep["paintings"]}
+    table = results_table(overall)
+    names = sorted(real)
+    fig_name = names[a.figure_painting % len(names)]
+    gen = {m: load_sequences(out / m / fig_name) for m in METHODS}
+    strip = out / "starter_strip.png"
+    keyframe_strip({"real": real[fig_name], **{LABELS[m]: next(iter(gen[m].values())) for m in METHODS}}, strip,
+                   title=f"held-out painting {fig_name}")
+    time_map = out / "eval_starter" / fig_name / "time_map.png"
+    result = {"models": str(models), "held_out": {"count": a.count, "seed": a.seed, "size": info["size"],
+                                                  "aspect": info.get("aspect")},
+              "paint": {"steps": a.steps, "seed": a.paint_seed, "max_keyframes": a.max_keyframes, "keyframes": counts},
+              "baselines": "same number of keyframes as the starter per painting, 20 s apart",
+              "overall": overall, "per_painting": per, "figure_painting": fig_name,
+              "seconds": round(time.time() - t0, 1)}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "results.md").write_text(table + "\n")
+    if a.figures:
+        fig_dir = Path(a.figures)
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(strip, fig_dir / "starter_strip.png")
+        shutil.copy(time_map, fig_dir / "starter_time_map.png")
+    if a.update_card:
+        from ..training.starter import rewrite_card
+
+        rewrite_card(models, {"count": a.count, "seed": a.seed, "steps": a.steps, "paint_seed": a.paint_seed,
+                              "table": table, "overall": overall})
+    print(table)
+    print(f"results: {out / 'results.json'} ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The naive baseline processes (evaluation/baselines.py) and the held-out starter report around them."""
+import json
+
+import numpy as np
+import pytest
+
+from inverse_painting.evaluation.baselines import cross_fade, tile_reveal, write_baseline
+
+
+def _target(h=20, w=28, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_cross_fade_is_linear_from_white_to_target():
+    t = _target()
+    frames = cross_fade(t, 4)
+    assert len(frames) == 5
+    assert (frames[0] == 255).all() and np.array_equal(frames[-1], t)
+    mid = frames[2].astype(float)
+    assert np.abs(mid - (255 + 0.5 * (t.astype(float) - 255))).max() <= 0.5
+
+
+def test_tile_reveal_shows_every_tile_once_in_seeded_order():
+    t = _target()
+    frames, masks = tile_reveal(t, 5, tile=8, seed=3)
+    assert len(frames) == len(masks) == 6
+    assert (frames[0] == 255).all() and np.array_equal(frames[-1], t)
+    stacked = np.stack([m > 0 for m in masks[1:]])
+    assert (stacked.sum(0) == 1).all()  # every pixel revealed by exactly one step
+    tiles = 3 * 4  # ceil(20/8) x ceil(28/8)
+    counts = [len({(y // 8, x // 8) for y, x in zip(*np.nonzero(m))}) for m in masks[1:]]
+    assert sum(counts) == tiles and max(counts) - min(counts) <= 1
+    for k in range(1, 6):  # outside the step's mask nothing changes; inside it becomes the target
+        m = masks[k] > 0
+        assert np.array_equal(frames[k][~m], frames[k - 1][~m]) and np.array_equal(frames[k][m], t[m])
+    again, _ = tile_reveal(t, 5, tile=8, seed=3)
+    other, _ = tile_reveal(t, 5, tile=8, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(frames, other))
+
+
+def test_written_baseline_reads_back_as_a_sequence(tmp_path):
+    from inverse_painting.evaluation.sequences import load_sequences
+
+    t = _target(64, 80)
+    write_baseline("tiles", tmp_path / "p", t, 3, interval_s=20)
+    seqs = load_sequences(tmp_path / "p")
+    seq = next(iter(seqs.values()))
+    assert seq.times_s == [0, 20, 40, 60] and np.array_equal(seq.target, t)
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["settings"]["baseline"] == "tiles"
+    with pytest.raises(ValueError):
+        write_baseline("nope", tmp_path / "q", t, 3)
+
+
+def test_starter_report_end_to_end(tmp_path, capsys):
+    """Smoke starter -> 2 held-out processes -> starter + baselines -> evaluation -> table and figures."""
+    from inverse_painting.evaluation import starter_report
+    from inverse_painting.training import starter
+
+    model = tmp_path / "starter"
+    assert starter.main(["--out", str(model), "--smoke", "--device", "cpu", "--no-keep-work"]) == 0
+    out, figs = tmp_path / "eval", tmp_path / "figs"
+    assert starter_report.main(["--models", str(model), "--out", str(out), "--count", "2", "--steps", "1",
+                                "--max-keyframes", "3", "--figures", str(figs), "--update-card"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["overall"]) == {"starter", "crossfade", "tiles"}
+    for m, o in res["overall"].items():
+        assert o["num_paintings"] == 2
+        assert all(np.isfinite(o[k]) or k == "iou" for k in ("lpips", "ddc", "dts_min")), (m, o)
+    # baselines get the starter's keyframe count per painting
+    for name, n in res["paint"]["keyframes"].items():
+        assert 1 <= n <= 3
+        man = json.loads((out / "crossfade" / name / "manifest.json").read_text())
+        assert len(man["keyframes"]) == n + 1
+    assert (figs / "starter_strip.png").stat().st_size > 0 and (figs / "starter_time_map.png").stat().st_size > 0
+    table = (out / "results.md").read_text()
+    assert table.count("\n") == 5 and "starter model" in table and "random 8x8 tiles" in table
+    assert "| starter model |" in capsys.readouterr().out
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "## Evaluation" in card and table.strip() in card
+    assert json.loads((model / "starter.json").read_text())["evaluation"]["count"] == 2
+
+
+def test_held_out_seed_must_not_overlap_training():
+    from inverse_painting.evaluation.starter_report import painting_seeds, write_held_out
+
+    assert painting_seeds(0, 5) == painting_seeds(0, 5) and not painting_seeds(0, 240) & painting_seeds(1000, 20)
+    with pytest.raises(SystemExit):
+        write_held_out(None, 2, 0, 64, None, train_seed=0, train_count=10)

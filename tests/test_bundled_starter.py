@@ -1,0 +1,49 @@
+"""The starter model shipped in assets/starter_model: layout, size, and the README's main command on it."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PACK = Path(__file__).resolve().parents[1]
+STARTER = PACK / "assets" / "starter_model"
+
+
+def test_bundled_starter_is_complete_and_small():
+    rec = json.loads((STARTER / "starter.json").read_text())
+    assert not rec["options"]["smoke"] and rec["options"]["seed"] == 0
+    files = [p for p in STARTER.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+    assert not [p for p in files if p.suffix in (".ckpt", ".bin", ".pt", ".pth")]
+    card = (STARTER / "MODEL_CARD.md").read_text()
+    assert "synthetic" in card.lower() and "stlpips_alex" in card
+
+
+def test_main_command_paints_the_example_with_the_starter(tmp_path, capsys):
+    """`inverse-painting paint --out DIR` (shortened): bundled example + bundled starter, 128 px, no download."""
+    from inverse_painting.cli import main
+
+    out = tmp_path / "example"
+    assert main(["paint", "--out", str(out), "--max-keyframes", "2", "--steps", "4"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert Path(man["settings"]["models"]).resolve() == STARTER.resolve()
+    s = man["settings"]
+    assert (s["metric"], s["short_side"], s["compare_to"]) == ("stlpips_alex", 128, "reconstruction")
+    assert len(man["keyframes"]) == 3 and (out / "timelapse.webp").is_file() and (out / "timelapse.mp4").is_file()
+    frames = sorted((out / "frames").glob("*.png"))
+    last = np.asarray(Image.open(frames[-1]).convert("RGB"))
+    assert last.shape == (160, 128, 3)  # example.png is 512x640 -> short side 128
+    assert last.std() > 5  # not a blank canvas
+    assert all(isinstance(k["instruction"], str) for k in man["keyframes"])
+    assert "keyframe   1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["timelapse_full", "single_step", "manual_instructions", "custom_sampler"])
+def test_example_workflows_default_to_the_starter(name):
+    wf = json.loads((PACK / "workflows" / f"{name}.json").read_text())
+    loaders = [n for n in wf["nodes"] if n["type"] == "InversePaintingLoader"]
+    assert loaders and all(n["widgets_values"][0] == "starter_model" for n in loaders)
+    assert all(n["widgets_values"][4:6] == ["auto", 0] for n in loaders)
+    texts = [n for n in wf["nodes"] if n["type"] == "InversePaintingTextModelLoader"]
+    assert all(n["widgets_values"][0] == "starter_model/TP_llava" for n in texts)
