@@ -85,7 +85,8 @@ def cmd_paint(args) -> int:
     settings = PaintSettings(interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps,
                              seed=args.seed, short_side=short_side, fast_guidance=not args.six_branch,
                              scales=GuidanceScales(*args.guidance),
-                             compare_to=args.compare_to if args.compare_to != "auto" else defaults.get("compare_to", "target"))
+                             compare_to=args.compare_to if args.compare_to != "auto" else defaults.get("compare_to", "target"),
+                             denoise=args.denoise if args.denoise is not None else defaults.get("denoise", 1.0))
     painter = Painter(models, metric)
     frames, masks, records = collect_process(painter, working, settings, text, log=lambda kf, sec: print(
         f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="difference masks and the stop rule measure against the target, or against the "
                             "target through the model's VAE (auto: what the model folder asks for; a starter "
                             "asks for reconstruction)")
+    paint.add_argument("--denoise", type=float, default=None,
+                       help="< 1: start each keyframe from the canvas noised this far instead of pure noise "
+                            "(default: the model folder's choice; 1.0 = the release)")
     paint.add_argument("--device")
     paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")

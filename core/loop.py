@@ -48,6 +48,10 @@ class PaintSettings:
     # (the starter) cannot get closer to the target than its own reconstruction, which can be further
     # than the 0.2 / 0.1 thresholds: measured against the target, the loop would never see a finished region.
     compare_to: str = "target"  # "target" | "reconstruction"
+    # < 1: each keyframe starts from the canvas's latents noised part of the way (img2img), not from pure
+    # noise; the release uses 1.0. An under-trained renderer (the starter) drifts in colour from pure noise.
+    # combine_init only applies at 1.0: starting from the canvas already keeps the unmasked area.
+    denoise: float = 1.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -185,10 +189,12 @@ class Painter:
             cb = None
             if step_callback is not None:
                 cb = lambda info, _k=k: step_callback(_k, info)  # noqa: E731
+            start = self.renderer.canvas_latents(canvas) if settings.denoise < 1.0 else None
+            combine = settings.combine_init and k > 0 and start is None
             result = self.renderer.render(
                 conds, noise, settings.steps, settings.scales, settings.fast_guidance,
-                prev_latents if (settings.combine_init and k > 0) else None, settings.combine_ratio,
-                sampler=sampler, sigmas=sigmas, callback=cb)
+                prev_latents if combine else None, settings.combine_ratio,
+                sampler=sampler, sigmas=sigmas, callback=cb, start_latents=start, denoise=settings.denoise)
             change = stop_rule_distance(self.metric, canvas, result.image)
             dist = stop_rule_distance(self.metric, reference, result.image)
             changes.append(change)

@@ -84,6 +84,11 @@ class Renderer:
         return TargetState(target_image, latents, e_target, banks)
 
     @torch.no_grad()
+    def canvas_latents(self, canvas: np.ndarray) -> torch.Tensor:
+        """Scaled posterior-mean latents of a canvas (the start of a ``denoise`` < 1 run)."""
+        return self.models.encode_latents(uint8_to_tensor(canvas, scheme="centered"))
+
+    @torch.no_grad()
     def reconstruction(self, target: TargetState) -> np.ndarray:
         """The target as the VAE gives it back: decode(target latents), uint8 HWC (padded size)."""
         return tensor_to_uint8(self.models.decode_latents(target.latents))
@@ -158,8 +163,13 @@ class Renderer:
                scales: GuidanceScales = GuidanceScales(), fast: bool = True,
                prev_latents: torch.Tensor | None = None, combine_ratio: float = 0.2,
                sampler: ExternalSampler | None = None, sigmas: torch.Tensor | None = None,
-               callback=None, trace: list | None = None) -> RenderResult:
+               callback=None, trace: list | None = None, start_latents: torch.Tensor | None = None,
+               denoise: float = 1.0) -> RenderResult:
         """Sample one keyframe. Without ``sampler``/``sigmas`` this is the release's Euler-ancestral run.
+
+        ``denoise`` < 1 (with ``start_latents``, the canvas's latents) starts like an img2img run: the
+        first round(steps * (1 - denoise)) sigmas are skipped and sampling starts from the canvas noised
+        to the next sigma (ComfyUI's KSampler "denoise"). The release always starts from pure noise (1.0).
 
         combine_init (``prev_latents`` given): after each of the first int(steps * ratio) steps, the
         latents outside the mask are replaced by the previous keyframe's latents noised with the run's
@@ -173,11 +183,19 @@ class Renderer:
         else:
             sigmas = sigmas.float().cpu()
             sigma_to_t = None
+        if not 0.0 < denoise <= 1.0:
+            raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+        if denoise < 1.0:
+            if start_latents is None:
+                raise ValueError("denoise < 1 needs start_latents (the canvas's latents)")
+            sigmas = sigmas[min(int(round((len(sigmas) - 1) * (1.0 - denoise))), len(sigmas) - 2):]
         steps = len(sigmas) - 1
         sigmas_dev = sigmas.to(device)
         den = self.denoiser(conds, scales, fast, sigma_to_t, trace)
         init_noise = noise.initial()
         x = init_noise * sigmas_dev[0]
+        if denoise < 1.0:
+            x = x + start_latents.to(device, x.dtype)
         n_combine = int(steps * combine_ratio) if prev_latents is not None else 0
         m = conds.mask_latent.to(x.dtype)
 

@@ -46,7 +46,11 @@ def write_held_out(root: Path, count: int, seed: int, size: int, aspect, train_s
 
 def paint_all(models_dir: Path, real: dict, out: Path, steps: int, seed: int, device: str, max_keyframes: int = 50,
               log=print) -> dict:
-    """Paint each real sequence's last frame with the model; {name: number of keyframes}."""
+    """Paint each real sequence's last frame with the model.
+
+    Returns ({name: number of keyframes}, {name: perceptual distance between the target and its VAE
+    reconstruction}: the floor no keyframe decoded by this VAE gets under).
+    """
     import torch
 
     from ..core.export import write_process
@@ -61,20 +65,25 @@ def paint_all(models_dir: Path, real: dict, out: Path, steps: int, seed: int, de
     metric = load_perceptual_metric("stlpips_alex", device=device)
     text = TextInstructionGenerator.from_pretrained(models.paths.text_model, device=device)
     painter = Painter(models, metric)
-    counts = {}
+    from ..core.difference_mask import stop_rule_distance
+
+    counts, floors = {}, {}
     for name, seq in sorted(real.items()):
         t = time.time()
         short = min(seq.target.shape[:2])
         working = prepare_image(seq.target, short)
+        defaults = paint_defaults(models_dir)
         settings = PaintSettings(steps=steps, seed=seed, short_side=short, max_keyframes=max_keyframes,
-                                 compare_to=paint_defaults(models_dir).get("compare_to", "target"))
+                                 compare_to=defaults.get("compare_to", "target"), denoise=defaults.get("denoise", 1.0))
+        recon = painter.renderer.reconstruction(painter.renderer.prepare_target(working.padded))
+        floors[name] = stop_rule_distance(metric, working.padded, recon)
         frames, masks, records = collect_process(painter, working, settings, text)
         write_process(out / name, frames, records, dict(settings.to_dict(), metric="stlpips_alex",
                       models=str(models_dir)), masks=masks, video=(), extra={"stop_reason": painter.last_stop_reason})
         counts[name] = len(frames) - 1
         log(f"{name}: {counts[name]} keyframes ({painter.last_stop_reason}) in {time.time() - t:.1f}s "
-            f"(real: {len(seq) - 1})")
-    return counts
+            f"(real: {len(seq) - 1}; VAE floor {floors[name]:.3f})")
+    return counts, floors
 
 
 def evaluate_method(generated: Path, real_dir: Path, out: Path, plots: bool) -> dict:
@@ -151,7 +160,7 @@ def main(argv=None) -> int:
     real_dir = write_held_out(out / "data", a.count, a.seed, int(info["size"]), info.get("aspect"),
                               int(info["seed"]), int(info["processes"]))
     real = load_sequences(real_dir)
-    counts = paint_all(models, real, out / "starter", a.steps, a.paint_seed, a.device, a.max_keyframes)
+    counts, floors = paint_all(models, real, out / "starter", a.steps, a.paint_seed, a.device, a.max_keyframes)
     for kind in BASELINES:
         for name, seq in real.items():
             write_baseline(kind, out / kind / name, seq.target, counts[name], seed=a.seed)
@@ -171,6 +180,7 @@ def main(argv=None) -> int:
     result = {"models": str(models), "held_out": {"count": a.count, "seed": a.seed, "size": info["size"],
                                                   "aspect": info.get("aspect")},
               "paint": {"steps": a.steps, "seed": a.paint_seed, "max_keyframes": a.max_keyframes, "keyframes": counts},
+              "vae_floor": {"mean": float(np.mean(list(floors.values()))), "per_painting": floors},
               "baselines": "same number of keyframes as the starter per painting, 20 s apart",
               "overall": overall, "per_painting": per, "figure_painting": fig_name,
               "seconds": round(time.time() - t0, 1)}
@@ -185,7 +195,8 @@ def main(argv=None) -> int:
         from ..training.starter import rewrite_card
 
         rewrite_card(models, {"count": a.count, "seed": a.seed, "steps": a.steps, "paint_seed": a.paint_seed,
-                              "table": table, "overall": overall})
+                              "table": table, "overall": overall, "vae_floor": result["vae_floor"]["mean"],
+                              "keyframes_mean": float(np.mean(list(counts.values())))})
     print(table)
     print(f"results: {out / 'results.json'} ({result['seconds']} s)")
     return 0

@@ -101,6 +101,7 @@ class InversePaintingModel:
         defaults = paint_defaults(self.path)
         self.short_side = int(short_side) if short_side else int(defaults.get("short_side", 512))
         self.compare_to = defaults.get("compare_to", "target")
+        self.denoise = float(defaults.get("denoise", 1.0))
         self.device = cb.resolve_device(device)
         self.dtype = cb.resolve_dtype(precision, self.device)
         self.signature = _folder_signature(self.path)
@@ -177,6 +178,7 @@ class InversePaintingModel:
         return {"release": self.path.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "components": self.components, "perceptual_metric": self.metric_name,
                 "short_side": self.short_side, "compare_to": self.compare_to,
+                "denoise": self.denoise,
                 "renderer_checkpoint": self.paths.renderer.name if self.paths.renderer else None,
                 "mask_generator_checkpoint": self.paths.mask_generator.name if self.paths.mask_generator else None}
 

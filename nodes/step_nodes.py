@@ -300,9 +300,14 @@ class InversePaintingRenderKeyframe:
         noise = NoiseSource(int(seed), latent_shape, loaded.models.device, loaded.models.dtype,
                             first_keyframe=prev is None)
         n_steps = (len(sig) - 1) if sig is not None else int(steps)
+        start = None
+        if model.denoise < 1.0:  # the model asks for img2img keyframes (a starter, see PaintSettings.denoise)
+            start, prev = renderer.canvas_latents(canvas_u8), None
+            n_steps = max(1, int(round(n_steps * model.denoise)))
         progress = cb.Progress(n_steps)
         result = renderer.render(conds, noise, int(steps), scales_from(guidance), bool(fast_guidance), prev,
-                                 float(combine_ratio), sampler=ext, sigmas=sig, callback=step_callback(progress))
+                                 float(combine_ratio), sampler=ext, sigmas=sig, callback=step_callback(progress),
+                                 start_latents=start, denoise=model.denoise)
         h, w = working.size
         image = uint8_to_image(result.image[:h, :w])
         return (image, {"samples": result.latents.detach().float().cpu()})

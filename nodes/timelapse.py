@@ -138,7 +138,7 @@ class InversePaintingTimelapse:
             difference_threshold=float(difference_threshold), threshold_ladder=bool(threshold_ladder),
             combine_init=bool(combine_init), combine_ratio=float(combine_ratio),
             stop_target_distance=float(stop_target_distance), stop_change=float(stop_change),
-            short_side=model.short_side, compare_to=model.compare_to)
+            short_side=model.short_side, compare_to=model.compare_to, denoise=model.denoise)
 
         loaded = model.load()
         painter = loaded.painter

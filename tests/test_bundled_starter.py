@@ -33,7 +33,7 @@ def test_main_command_paints_the_example_with_the_starter(tmp_path, capsys):
     assert len(man["keyframes"]) == 3 and (out / "timelapse.webp").is_file() and (out / "timelapse.mp4").is_file()
     frames = sorted((out / "frames").glob("*.png"))
     last = np.asarray(Image.open(frames[-1]).convert("RGB"))
-    assert last.shape == (160, 128, 3)  # example.png is 512x640 -> short side 128
+    assert last.shape == (128, 160, 3)  # example.png is 640x512 (w x h) -> short side 128
     assert last.std() > 5  # not a blank canvas
     assert all(isinstance(k["instruction"], str) for k in man["keyframes"])
     assert "keyframe   1" in capsys.readouterr().out

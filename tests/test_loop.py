@@ -82,6 +82,30 @@ def test_compare_to_reconstruction(painter, target):
         _run(painter, target, max_keyframes=1, settings={"compare_to": "nope"})
 
 
+def test_denoise_starts_from_the_canvas(painter, target):
+    """denoise < 1: fewer steps, started from the canvas latents; 1.0 is the release path unchanged."""
+    calls = []
+    frames = _run(painter, target, max_keyframes=1, steps=10, settings={"denoise": 0.6},
+                  step_callback=lambda k, info: calls.append(info))
+    assert len(calls) == 6  # round(10 * 0.4) sigmas skipped
+    full = _run(painter, target, max_keyframes=1, steps=10)
+    assert not np.array_equal(frames[0].image, full[0].image)
+    assert np.array_equal(full[0].image, _run(painter, target, max_keyframes=1, steps=10,
+                                              settings={"denoise": 1.0})[0].image)
+    from inverse_painting.core.imaging import prepare_image
+    from inverse_painting.core.sampling import NoiseSource
+
+    working = prepare_image(target, 64)
+    r = painter.renderer
+    tstate = r.prepare_target(working.padded)
+    conds = r.conditions(tstate, working.white_canvas(), torch.ones(1, 1, *working.hw), "sky", 20.0)
+    noise = NoiseSource(1, tuple(tstate.latents.shape), painter.models.device, painter.models.dtype, first_keyframe=True)
+    with pytest.raises(ValueError, match="start_latents"):
+        r.render(conds, noise, 4, denoise=0.5)
+    with pytest.raises(ValueError, match="denoise"):
+        r.render(conds, noise, 4, denoise=1.5, start_latents=tstate.latents)
+
+
 def test_start_canvas_user_masks_and_step_callback(painter, target):
     start = np.full((72, 100, 3), 128, np.uint8)
     mask = np.zeros((72, 100), np.float32)

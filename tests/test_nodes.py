@@ -152,8 +152,8 @@ def test_loader_auto_metric_and_size(release, tmp_path):
     shutil.copytree(release, starter, symlinks=False, ignore=shutil.ignore_patterns("lpips"))
     (starter / "starter.json").write_text(json.dumps({"options": {"size": 96}}))
     (s,) = NODES["InversePaintingLoader"]().load(str(starter), "cpu", "fp32", perceptual_metric="auto", short_side=0)
-    assert (s.metric_name, s.short_side, s.compare_to) == ("stlpips_alex", 96, "reconstruction")
-    assert m.compare_to == "target"
+    assert (s.metric_name, s.short_side, s.compare_to, s.denoise) == ("stlpips_alex", 96, "reconstruction", 0.6)
+    assert (m.compare_to, m.denoise) == ("target", 1.0)
     assert s.working(np.zeros((300, 400, 3), np.uint8)).size == (96, 128)
     (e,) = NODES["InversePaintingLoader"]().load(str(starter), "cpu", "fp32", perceptual_metric="stlpips_alex",
                                                  short_side=64)
