@@ -154,7 +154,9 @@ def main(argv=None) -> int:
     models = Path(a.models)
     info = json.loads((models / "starter.json").read_text())["options"]
     out = Path(a.out)
-    if out.exists():
+    if out.exists():  # only ever replace a previous report, never an unrelated folder
+        if any(out.iterdir()) and not (out / "results.json").is_file():
+            raise SystemExit(f"{out} exists and is not a previous starter report: choose another --out")
         shutil.rmtree(out)
     t0 = time.time()
     real_dir = write_held_out(out / "data", a.count, a.seed, int(info["size"]), info.get("aspect"),
