@@ -1,6 +1,6 @@
 """One seeded command that builds a small *starter model* from synthetic painting processes.
 
-    python -m inverse_painting.training.starter --out models/inverse_painting/starter --seed 0
+    python -m inverse_painting.training.starter --out assets/starter_model --seed 0 --jobs 2
     python -m inverse_painting.training.starter --out /tmp/starter_smoke --smoke      # micro scale, ~2 min CPU
 
 Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>.work/``):
@@ -47,10 +47,13 @@ METRIC = "stlpips_alex"
 # full recipe and micro ("--smoke") presets; command-line options override them
 PRESETS = {
     # 32,64,64,64 VAE + 32,64,64,128 UNets: ~34 MiB with fp16 renderer/RP checkpoints (limit 40 MiB)
-    "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, steps_vae=3000, steps_mask=5000, steps_renderer=4000, steps_text=20000, vae_perceptual=1.0,
+    # sized to train in ~70 min on 2 CPU cores with --jobs 2 (both lanes take about an hour)
+    "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, vae_perceptual=1.0,
+                 steps_vae=3000, steps_mask=5000, steps_renderer=4000, steps_text=20000,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-4, lr_text=2e-3),
-    "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0, steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
+    "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0,
+                  steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
                   batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3),
 }
@@ -382,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int)
     p.add_argument("--size", type=int, help="short side of the synthetic paintings (px)")
     p.add_argument("--aspect", type=float,
-                   help="fixed width/height of every painting (default: random common canvas shapes); "
-                        "a fixed aspect allows --batch-size > 1")
+                   help="fixed width/height of every painting (full preset 0.8, portrait 4:5; smoke: random "
+                        "common canvas shapes); a fixed aspect allows --batch-size > 1")
     p.add_argument("--batch-size", type=int, help="pairs per step of the mask generator and renderer")
     for part in ("vae", "mask", "renderer", "text"):
         p.add_argument(f"--steps-{part}", type=int)
