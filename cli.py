@@ -48,7 +48,6 @@ def cmd_paint(args) -> int:
     from .core.guidance import GuidanceScales
     from .core.imaging import prepare_image
     from .core.loop import Painter, PaintSettings, collect_process
-    from .core.loading import paint_defaults
     from .core.model_set import ModelSet
     from .models.lpips_net import load_perceptual_metric, resolve_metric_name
     from .models.text_instruction import ManualInstructions, TextInstructionGenerator, parse_instruction_list
@@ -64,9 +63,11 @@ def cmd_paint(args) -> int:
         print(f"error: cannot read image {image_path}: {exc}", file=sys.stderr)
         return 2
     models_dir = Path(args.models) if args.models else _default_models()
-    defaults = paint_defaults(models_dir)
-    short_side = args.short_side or defaults.get("short_side", 512)
-    working = prepare_image(img, short_side)
+    settings = PaintSettings.for_model(
+        models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps, seed=args.seed,
+        short_side=args.short_side, fast_guidance=not args.six_branch, scales=GuidanceScales(*args.guidance),
+        compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise)
+    working = prepare_image(img, settings.short_side)
     if working.note:
         print(f"input: {working.note}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,11 +83,6 @@ def cmd_paint(args) -> int:
     else:
         print("error: no text-instruction model in the models folder: pass --instructions", file=sys.stderr)
         return 2
-    settings = PaintSettings(interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps,
-                             seed=args.seed, short_side=short_side, fast_guidance=not args.six_branch,
-                             scales=GuidanceScales(*args.guidance),
-                             compare_to=args.compare_to if args.compare_to != "auto" else defaults.get("compare_to", "target"),
-                             denoise=args.denoise if args.denoise is not None else defaults.get("denoise", 1.0))
     painter = Painter(models, metric)
     frames, masks, records = collect_process(painter, working, settings, text, log=lambda kf, sec: print(
         f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "

@@ -21,6 +21,7 @@ import torch
 from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop_rule_distance
 from .guidance import GuidanceScales
 from .imaging import WorkingImage, prepare_image
+from .loading import paint_defaults
 from .mask_generator import LadderResult, MaskGenerator
 from .model_set import ModelSet
 from .renderer import ExternalSampler, Renderer
@@ -52,6 +53,13 @@ class PaintSettings:
     # noise; the release uses 1.0. An under-trained renderer (the starter) drifts in colour from pure noise.
     # combine_init only applies at 1.0: starting from the canvas already keeps the unmasked area.
     denoise: float = 1.0
+
+    @classmethod
+    def for_model(cls, root, **settings) -> "PaintSettings":
+        """Settings for the model folder ``root``: the release defaults, then what the folder asks for
+        (:func:`.loading.paint_defaults`, e.g. a starter's size, ``compare_to`` and ``denoise``), then the
+        given ``settings`` that are not None."""
+        return cls(**{**paint_defaults(root), **{k: v for k, v in settings.items() if v is not None}})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -149,7 +157,7 @@ class Painter:
         canvas = working.fit(start_canvas) if start_canvas is not None else working.white_canvas()
         target_img = working.padded
         if settings.compare_to == "reconstruction":
-            reference = self.renderer.reconstruction(tstate)
+            reference = self.models.round_trip(target_img)
         elif settings.compare_to == "target":
             reference = target_img
         else:
@@ -189,7 +197,7 @@ class Painter:
             cb = None
             if step_callback is not None:
                 cb = lambda info, _k=k: step_callback(_k, info)  # noqa: E731
-            start = self.renderer.canvas_latents(canvas) if settings.denoise < 1.0 else None
+            start = self.models.image_latents(canvas) if settings.denoise < 1.0 else None
             combine = settings.combine_init and k > 0 and start is None
             result = self.renderer.render(
                 conds, noise, settings.steps, settings.scales, settings.fast_guidance,

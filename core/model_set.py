@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..models.feature_encoder import CanvasFeatureEncoder
@@ -19,6 +20,7 @@ from ..models.referencenet import ReferenceNet
 from ..models.renderer_unet import RendererUNet
 from ..models.time_encoder import TimeEncoder
 from .clip_image import ClipImageEmbedder
+from .imaging import tensor_to_uint8, uint8_to_tensor
 from .loading import (MASK_PARTS, RENDERER_PARTS, ReleasePaths, WeightFileError, find_release, load_checked,
                       read_checkpoint, read_renderer_config, read_unet_config, require_parts, unet_config_for)
 from .text_encoding import TextEncoder, load_tokenizer
@@ -149,6 +151,14 @@ class ModelSet:
         """(B,3,H,W) in [-1,1] -> scaled posterior-mean latents (deterministic; the release samples)."""
         x = image_m11.to(self.device, self.dtype).contiguous()
         return self.vae.encode(x).latent_dist.mean * self.vae_scale
+
+    def image_latents(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 HWC image (target or canvas) -> scaled posterior-mean latents, as the renderer encodes them."""
+        return self.encode_latents(uint8_to_tensor(image, scheme="centered"))
+
+    def round_trip(self, image: np.ndarray) -> np.ndarray:
+        """An image as the VAE gives it back, decode(encode(image)): uint8 HWC, same size (multiples of 8)."""
+        return tensor_to_uint8(self.decode_latents(self.image_latents(image)))
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -78,20 +78,10 @@ class Renderer:
     @torch.no_grad()
     def prepare_target(self, target_image: np.ndarray) -> TargetState:
         m = self.models
-        latents = m.encode_latents(uint8_to_tensor(target_image, scheme="centered"))
+        latents = m.image_latents(target_image)
         e_target = m.clip(target_image)
         banks = self.nets.referencenet.banks(latents, e_target[:, None, :].to(m.dtype))
         return TargetState(target_image, latents, e_target, banks)
-
-    @torch.no_grad()
-    def canvas_latents(self, canvas: np.ndarray) -> torch.Tensor:
-        """Scaled posterior-mean latents of a canvas (the start of a ``denoise`` < 1 run)."""
-        return self.models.encode_latents(uint8_to_tensor(canvas, scheme="centered"))
-
-    @torch.no_grad()
-    def reconstruction(self, target: TargetState) -> np.ndarray:
-        """The target as the VAE gives it back: decode(target latents), uint8 HWC (padded size)."""
-        return tensor_to_uint8(self.models.decode_latents(target.latents))
 
     @torch.no_grad()
     def time_token(self, interval_s: float) -> torch.Tensor:

@@ -55,7 +55,6 @@ def paint_all(models_dir: Path, real: dict, out: Path, steps: int, seed: int, de
 
     from ..core.export import write_process
     from ..core.imaging import prepare_image
-    from ..core.loading import paint_defaults
     from ..core.loop import Painter, PaintSettings, collect_process
     from ..core.model_set import ModelSet
     from ..models.lpips_net import load_perceptual_metric
@@ -72,11 +71,9 @@ def paint_all(models_dir: Path, real: dict, out: Path, steps: int, seed: int, de
         t = time.time()
         short = min(seq.target.shape[:2])
         working = prepare_image(seq.target, short)
-        defaults = paint_defaults(models_dir)
-        settings = PaintSettings(steps=steps, seed=seed, short_side=short, max_keyframes=max_keyframes,
-                                 compare_to=defaults.get("compare_to", "target"), denoise=defaults.get("denoise", 1.0))
-        recon = painter.renderer.reconstruction(painter.renderer.prepare_target(working.padded))
-        floors[name] = stop_rule_distance(metric, working.padded, recon)
+        settings = PaintSettings.for_model(models_dir, steps=steps, seed=seed, short_side=short,
+                                           max_keyframes=max_keyframes)
+        floors[name] = stop_rule_distance(metric, working.padded, models.round_trip(working.padded))
         frames, masks, records = collect_process(painter, working, settings, text)
         write_process(out / name, frames, records, dict(settings.to_dict(), metric="stlpips_alex",
                       models=str(models_dir)), masks=masks, video=(), extra={"stop_reason": painter.last_stop_reason})

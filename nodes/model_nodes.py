@@ -82,7 +82,7 @@ class InversePaintingModel:
 
     def __init__(self, path, device: str = "auto", precision: str = "auto", components: str = COMPONENTS[0],
                  metric: str = METRICS[0], short_side: int = 0):
-        from ..core.loading import paint_defaults
+        from ..core.loop import PaintSettings
         from ..models.lpips_net import resolve_metric_name
 
         self.path = Path(path)
@@ -98,10 +98,8 @@ class InversePaintingModel:
         metric = resolve_metric_name(metric, paths.lpips)
         self.device_choice, self.precision, self.components, self.metric_name = device, precision, components, metric
         # 0 = the size the model was trained at (512 for released models, the starter's own size)
-        defaults = paint_defaults(self.path)
-        self.short_side = int(short_side) if short_side else int(defaults.get("short_side", 512))
-        self.compare_to = defaults.get("compare_to", "target")
-        self.denoise = float(defaults.get("denoise", 1.0))
+        painting = PaintSettings.for_model(self.path, short_side=int(short_side) or None)
+        self.short_side, self.compare_to, self.denoise = painting.short_side, painting.compare_to, painting.denoise
         self.device = cb.resolve_device(device)
         self.dtype = cb.resolve_dtype(precision, self.device)
         self.signature = _folder_signature(self.path)

@@ -211,8 +211,8 @@ class InversePaintingMaskGenerator:
         cb.check_interrupt()
         gen = loaded.mask_generator
         reference = working.padded
-        if model.compare_to == "reconstruction" and loaded.renderer is not None:  # a starter (see PaintSettings)
-            reference = loaded.renderer.reconstruction(model.target_state(loaded, working))
+        if model.compare_to == "reconstruction":  # a starter (see PaintSettings.compare_to)
+            reference = loaded.models.round_trip(working.padded)
         pred = gen.predict(canvas_u8, reference, str(instruction), float(interval), float(difference_threshold))
         prev = None
         if previous_mask is not None:
@@ -302,7 +302,7 @@ class InversePaintingRenderKeyframe:
         n_steps = (len(sig) - 1) if sig is not None else int(steps)
         start = None
         if model.denoise < 1.0:  # the model asks for img2img keyframes (a starter, see PaintSettings.denoise)
-            start, prev = renderer.canvas_latents(canvas_u8), None
+            start, prev = loaded.models.image_latents(canvas_u8), None
             n_steps = max(1, int(round(n_steps * model.denoise)))
         progress = cb.Progress(n_steps)
         result = renderer.render(conds, noise, int(steps), scales_from(guidance), bool(fast_guidance), prev,

@@ -67,7 +67,7 @@ def test_compare_to_reconstruction(painter, target):
     from inverse_painting.core.imaging import prepare_image
 
     working = prepare_image(target, 64)
-    recon = painter.renderer.reconstruction(painter.renderer.prepare_target(working.padded))
+    recon = painter.models.round_trip(working.padded)
     assert recon.shape == working.padded.shape and recon.dtype == np.uint8
     assert not np.array_equal(recon, working.padded)  # a random VAE does not give the target back
     trace = []

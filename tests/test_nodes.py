@@ -162,9 +162,8 @@ def test_loader_auto_metric_and_size(release, tmp_path):
 
 def test_bundled_models_folder_is_a_root():
     assert cb.BUNDLED_MODELS in cb.model_roots()
-    if (cb.BUNDLED_MODELS / "starter_model" / "renderer").is_dir():
-        assert "starter_model" in cb.list_releases("release")
-        assert "starter_model/TP_llava" in cb.list_releases("text")
+    assert "starter_model" in cb.list_releases("release")
+    assert "starter_model/TP_llava" in cb.list_releases("text")
 
 
 def test_loader_is_lazy_and_cached(model):
