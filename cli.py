@@ -66,7 +66,8 @@ def cmd_paint(args) -> int:
     settings = PaintSettings.for_model(
         models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps, seed=args.seed,
         short_side=args.short_side, fast_guidance=not args.six_branch, scales=GuidanceScales(*args.guidance),
-        compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise)
+        compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise,
+        start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback)
     working = prepare_image(img, settings.short_side)
     if working.note:
         print(f"input: {working.note}")
@@ -165,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("--denoise", type=float, default=None,
                        help="< 1: start each keyframe from the canvas noised this far instead of pure noise "
                             "(default: the model folder's choice; 1.0 = the release)")
+    paint.add_argument("--start-from", default=None, choices=["canvas", "target_in_mask"],
+                       help="with --denoise < 1, what a keyframe starts from: the canvas, or the canvas with the "
+                            "region to paint taken from the target (default: the model folder's choice)")
+    paint.add_argument("--keep-unmasked", default=None, action=argparse.BooleanOptionalAction,
+                       help="keep the canvas pixels outside the painted region (default: the model folder's "
+                            "choice; the release keeps the whole rendered image)")
+    paint.add_argument("--difference-fallback", default=None, action=argparse.BooleanOptionalAction,
+                       help="paint the difference mask when the mask generator finds (almost) nothing while the "
+                            "canvas still differs from the target (default: the model folder's choice; off in "
+                            "the release, whose loop then stops with those areas unpainted)")
     paint.add_argument("--device")
     paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")

@@ -22,10 +22,14 @@ from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop
 from .guidance import GuidanceScales
 from .imaging import WorkingImage, prepare_image
 from .loading import paint_defaults
-from .mask_generator import LadderResult, MaskGenerator
+from .mask_generator import LadderResult, MaskGenerator, fall_back_to_difference
 from .model_set import ModelSet
 from .renderer import ExternalSampler, Renderer
 from .sampling import NoiseSource
+
+
+# the PaintSettings a model folder may choose (core/loading.paint_defaults), the rest being per run
+MODEL_PAINT_CHOICES = ("short_side", "compare_to", "denoise", "start_from", "keep_unmasked", "difference_fallback")
 
 
 @dataclass
@@ -53,13 +57,28 @@ class PaintSettings:
     # noise; the release uses 1.0. An under-trained renderer (the starter) drifts in colour from pure noise.
     # combine_init only applies at 1.0: starting from the canvas already keeps the unmasked area.
     denoise: float = 1.0
+    # with denoise < 1, what a keyframe starts from: the canvas ("canvas"), or the canvas with the region to
+    # paint replaced by the target ("target_in_mask", latent space). The second gives the renderer the
+    # region's layout and colours, as an artist's reference photo; the renderer re-paints it from there.
+    start_from: str = "canvas"
+    # paste the previous canvas back outside the painted region (pixel space): only the masked region
+    # changes, as in a real process, and the unmasked canvas is not passed through the VAE again at every
+    # keyframe (a small VAE blurs it a little more each time). The release keeps the whole decoded image.
+    keep_unmasked: bool = False
+    # when the mask generator's mask covers under 5 % of the image while the canvas still differs from the
+    # target over more than that, paint the difference mask instead (release: False, the empty mask is kept
+    # and the loop soon stops on "canvas stopped changing", leaving those areas unpainted)
+    difference_fallback: bool = False
 
     @classmethod
     def for_model(cls, root, **settings) -> "PaintSettings":
         """Settings for the model folder ``root``: the release defaults, then what the folder asks for
         (:func:`.loading.paint_defaults`, e.g. a starter's size, ``compare_to`` and ``denoise``), then the
         given ``settings`` that are not None."""
-        return cls(**{**paint_defaults(root), **{k: v for k, v in settings.items() if v is not None}})
+        merged = {**paint_defaults(root), **{k: v for k, v in settings.items() if v is not None}}
+        if isinstance(merged.get("scales"), (list, tuple)):  # five numbers from a command line
+            merged["scales"] = GuidanceScales(*merged["scales"])
+        return cls(**merged)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -108,6 +127,27 @@ class ManualMasks:
 
     def get(self, k: int):
         return self.masks[k] if k < len(self.masks) else None
+
+
+def keyframe_start(models: ModelSet, settings: PaintSettings, canvas: np.ndarray, target_latents: torch.Tensor,
+                   mask_latent: torch.Tensor) -> torch.Tensor | None:
+    """The latents a keyframe's img2img run starts from (``settings.denoise`` < 1, see ``start_from``);
+    None at denoise 1.0 (pure noise, as the release)."""
+    if settings.denoise >= 1.0:
+        return None
+    start = models.image_latents(canvas)
+    if settings.start_from == "target_in_mask":
+        m = mask_latent.to(start.device, start.dtype)
+        return start * (1 - m) + target_latents.to(start.device, start.dtype) * m
+    if settings.start_from != "canvas":
+        raise ValueError(f"start_from must be 'canvas' or 'target_in_mask', not {settings.start_from!r}")
+    return start
+
+
+def paste_unmasked(canvas: np.ndarray, image: np.ndarray, mask_full: torch.Tensor) -> np.ndarray:
+    """``image`` inside the mask, the canvas outside (both uint8 HWC at working size; mask (1, 1, H, W))."""
+    keep = (mask_full[0, 0] < 0.5).cpu().numpy()[..., None]
+    return np.where(keep, canvas, image)
 
 
 class Painter:
@@ -188,6 +228,8 @@ class Painter:
                 pred = self.mask_generator.predict(canvas, reference, instruction, settings.interval_s,
                                                    settings.difference_threshold, target_latents=tstate.latents)
                 chosen = self.mask_generator.choose(pred, prev_mask, first=k == 0, ladder=settings.threshold_ladder)
+                if settings.difference_fallback:
+                    chosen = fall_back_to_difference(chosen, pred)
                 difference = pred.difference
                 if trace is not None:
                     trace.append({"keyframe": k, "rp_logits": pred.logits, "difference": pred.difference})
@@ -197,20 +239,21 @@ class Painter:
             cb = None
             if step_callback is not None:
                 cb = lambda info, _k=k: step_callback(_k, info)  # noqa: E731
-            start = self.models.image_latents(canvas) if settings.denoise < 1.0 else None
+            start = keyframe_start(self.models, settings, canvas, tstate.latents, chosen.mask_latent)
             combine = settings.combine_init and k > 0 and start is None
             result = self.renderer.render(
                 conds, noise, settings.steps, settings.scales, settings.fast_guidance,
                 prev_latents if combine else None, settings.combine_ratio,
                 sampler=sampler, sigmas=sigmas, callback=cb, start_latents=start, denoise=settings.denoise)
-            change = stop_rule_distance(self.metric, canvas, result.image)
-            dist = stop_rule_distance(self.metric, reference, result.image)
+            image = paste_unmasked(canvas, result.image, chosen.mask_full) if settings.keep_unmasked else result.image
+            change = stop_rule_distance(self.metric, canvas, image)
+            dist = stop_rule_distance(self.metric, reference, image)
             changes.append(change)
             to_target.append(dist)
-            yield Keyframe(k + 1, (k + 1) * settings.interval_s, result.image, instruction, chosen.mask_full,
+            yield Keyframe(k + 1, (k + 1) * settings.interval_s, image, instruction, chosen.mask_full,
                            chosen.mask_latent, difference, chosen.threshold, chosen.trail, dist, change,
                            result.latents, working.size)
-            canvas = working.repad(result.image)  # crop to the painted area, re-blacken the pad
+            canvas = working.repad(image)  # crop to the painted area, re-blacken the pad
             prev_mask, prev_latents = chosen.mask_full, result.latents
 
 

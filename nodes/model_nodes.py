@@ -98,8 +98,9 @@ class InversePaintingModel:
         metric = resolve_metric_name(metric, paths.lpips)
         self.device_choice, self.precision, self.components, self.metric_name = device, precision, components, metric
         # 0 = the size the model was trained at (512 for released models, the starter's own size)
-        painting = PaintSettings.for_model(self.path, short_side=int(short_side) or None)
-        self.short_side, self.compare_to, self.denoise = painting.short_side, painting.compare_to, painting.denoise
+        # how this model paints (PaintSettings.for_model: the release's defaults, or a starter's own);
+        # the step and time-lapse nodes start from it
+        self.painting = PaintSettings.for_model(self.path, short_side=int(short_side) or None)
         self.device = cb.resolve_device(device)
         self.dtype = cb.resolve_dtype(precision, self.device)
         self.signature = _folder_signature(self.path)
@@ -156,6 +157,10 @@ class InversePaintingModel:
                              "(Load Inverse Painting: components)")
 
     # ------------------------------------------------------------------ helpers for the nodes
+    @property
+    def short_side(self) -> int | None:
+        return self.painting.short_side
+
     def working(self, target_uint8: np.ndarray) -> WorkingImage:
         return prepare_image(target_uint8, self.short_side)
 
@@ -173,10 +178,11 @@ class InversePaintingModel:
         return state
 
     def describe(self) -> dict:
+        from ..core.loop import MODEL_PAINT_CHOICES
+
         return {"release": self.path.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "components": self.components, "perceptual_metric": self.metric_name,
-                "short_side": self.short_side, "compare_to": self.compare_to,
-                "denoise": self.denoise,
+                **{k: getattr(self.painting, k) for k in MODEL_PAINT_CHOICES},
                 "renderer_checkpoint": self.paths.renderer.name if self.paths.renderer else None,
                 "mask_generator_checkpoint": self.paths.mask_generator.name if self.paths.mask_generator else None}
 

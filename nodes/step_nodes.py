@@ -14,6 +14,8 @@ import torch
 from ..core.difference_mask import compute_difference_mask
 from ..core.guidance import GuidanceScales
 from ..core.imaging import prepare_image
+from ..core.loop import keyframe_start, paste_unmasked
+from ..core.mask_generator import fall_back_to_difference
 from ..core.sampling import NoiseSource
 from . import comfy_bridge as cb
 from .convert import (NodeInputError, core_mask_to_comfy, gray_to_image, image_batch_size, image_to_uint8,
@@ -211,13 +213,15 @@ class InversePaintingMaskGenerator:
         cb.check_interrupt()
         gen = loaded.mask_generator
         reference = working.padded
-        if model.compare_to == "reconstruction":  # a starter (see PaintSettings.compare_to)
+        if model.painting.compare_to == "reconstruction":  # a starter (see PaintSettings.compare_to)
             reference = loaded.models.round_trip(working.padded)
         pred = gen.predict(canvas_u8, reference, str(instruction), float(interval), float(difference_threshold))
         prev = None
         if previous_mask is not None:
             prev = mask_to_working(mask_to_batch(previous_mask, "previous_mask")[0], working).to(pred.probability.device)
         chosen = gen.choose(pred, prev, first=prev is None, ladder=bool(threshold_ladder), threshold=float(threshold))
+        if model.painting.difference_fallback:  # the model asks for it (see PaintSettings.difference_fallback)
+            chosen = fall_back_to_difference(chosen, pred)
         H, W = working.hw
         prob_full = torch.nn.functional.interpolate(pred.probability.float(), size=(H, W), mode="nearest")
         return (core_mask_to_comfy(chosen.mask_full, working.size), core_mask_to_comfy(prob_full, working.size))
@@ -300,14 +304,17 @@ class InversePaintingRenderKeyframe:
         noise = NoiseSource(int(seed), latent_shape, loaded.models.device, loaded.models.dtype,
                             first_keyframe=prev is None)
         n_steps = (len(sig) - 1) if sig is not None else int(steps)
-        start = None
-        if model.denoise < 1.0:  # the model asks for img2img keyframes (a starter, see PaintSettings.denoise)
-            start, prev = loaded.models.image_latents(canvas_u8), None
-            n_steps = max(1, int(round(n_steps * model.denoise)))
+        painting = model.painting  # a starter asks for img2img keyframes (see PaintSettings.denoise, start_from)
+        mask_latent = torch.nn.functional.interpolate(mask_full, size=working.latent_hw, mode="nearest")
+        start = keyframe_start(loaded.models, painting, canvas_u8, tstate.latents, mask_latent)
+        if start is not None:
+            prev = None
+            n_steps = max(1, int(round(n_steps * painting.denoise)))
         progress = cb.Progress(n_steps)
         result = renderer.render(conds, noise, int(steps), scales_from(guidance), bool(fast_guidance), prev,
                                  float(combine_ratio), sampler=ext, sigmas=sig, callback=step_callback(progress),
-                                 start_latents=start, denoise=model.denoise)
+                                 start_latents=start, denoise=painting.denoise)
+        rendered = paste_unmasked(canvas_u8, result.image, mask_full) if painting.keep_unmasked else result.image
         h, w = working.size
-        image = uint8_to_image(result.image[:h, :w])
+        image = uint8_to_image(rendered[:h, :w])
         return (image, {"samples": result.latents.detach().float().cpu()})

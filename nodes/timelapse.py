@@ -7,13 +7,13 @@ denoising step, so Cancel stops within one UNet evaluation.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import numpy as np
 import torch
 
-from ..core.loop import PaintSettings
 from ..models.text_instruction import parse_instruction_list
 from . import comfy_bridge as cb
 from .convert import image_to_uint8, mask_to_batch, uint8_to_image
@@ -132,13 +132,12 @@ class InversePaintingTimelapse:
         if user_masks is None or any(m is None for m in user_masks) or len(user_masks) < int(max_keyframes):
             model.require(mask_generator=True)
         ext, sig = make_sampling(sampler, sigmas, seed)
-        settings = PaintSettings(
-            interval_s=float(interval), max_keyframes=int(max_keyframes), steps=int(steps), seed=int(seed),
-            scales=scales_from(guidance), fast_guidance=bool(fast_guidance),
+        settings = dataclasses.replace(  # the model's own choices (size, compare_to, denoise, ...) + this node's
+            model.painting, interval_s=float(interval), max_keyframes=int(max_keyframes), steps=int(steps),
+            seed=int(seed), scales=scales_from(guidance), fast_guidance=bool(fast_guidance),
             difference_threshold=float(difference_threshold), threshold_ladder=bool(threshold_ladder),
             combine_init=bool(combine_init), combine_ratio=float(combine_ratio),
-            stop_target_distance=float(stop_target_distance), stop_change=float(stop_change),
-            short_side=model.short_side, compare_to=model.compare_to, denoise=model.denoise)
+            stop_target_distance=float(stop_target_distance), stop_change=float(stop_change))
 
         loaded = model.load()
         painter = loaded.painter

@@ -63,7 +63,14 @@ def test_starter_report_end_to_end(tmp_path, capsys):
     assert starter_report.main(["--models", str(model), "--out", str(out), "--count", "2", "--steps", "1",
                                 "--max-keyframes", "3", "--figures", str(figs), "--update-card"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["overall"]) == {"starter", "crossfade", "tiles"}
+    assert set(res["overall"]) == {"starter", "crossfade", "tiles", "vae_bound"}
+    # the bound: the real frames through the VAE, at the real times (DTS 0)
+    from inverse_painting.evaluation.sequences import load_sequences
+
+    for name, seq in load_sequences(out / "data" / "heldout" / "rgb").items():
+        bound = json.loads((out / "vae_bound" / name / "manifest.json").read_text())
+        assert [k["time_s"] for k in bound["keyframes"]] == [float(t) for t in seq.times_s]
+    assert res["overall"]["vae_bound"]["dts_min"] == 0
     for m, o in res["overall"].items():
         assert o["num_paintings"] == 2
         assert all(np.isfinite(o[k]) or k == "iou" for k in ("lpips", "ddc", "dts_min")), (m, o)
@@ -74,7 +81,8 @@ def test_starter_report_end_to_end(tmp_path, capsys):
         assert len(man["keyframes"]) == n + 1
     assert (figs / "starter_strip.png").stat().st_size > 0 and (figs / "starter_time_map.png").stat().st_size > 0
     table = (out / "results.md").read_text()
-    assert table.count("\n") == 5 and "starter model" in table and "random 8x8 tiles" in table
+    assert table.count("\n") == 6 and "starter model" in table and "random 8x8 tiles" in table
+    assert "(bound, not a method)" in table and "**" not in table.splitlines()[-1]
     assert "| starter model |" in capsys.readouterr().out
     card = (model / "MODEL_CARD.md").read_text()
     assert "## Evaluation" in card and table.strip() in card

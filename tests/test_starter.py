@@ -6,6 +6,7 @@ LLaVA text generator -> assemble), then loads it with ``ModelSet.from_release``,
 (safetensors only, MODEL_CARD.md, starter.json) and that the recipe is reproducible from its seed.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +102,66 @@ def test_two_lanes_give_the_same_weights(starter, tmp_path):
         a, b = load_file(str(ck)), load_file(str(lanes / ck.relative_to(starter)))
         assert a.keys() == b.keys()
         assert all(bool((a[k] == b[k]).all()) for k in a), ck.name
+
+
+def test_stages_retrain_part_of_a_build(starter, tmp_path):
+    """--stages text on a copy of a build: data, skeleton and the other stages are reused, the text generator
+    is retrained from scratch and comes out equal to the full build's (every stage is seeded); an option that
+    a reused stage reads may not change."""
+    import shutil
+
+    from inverse_painting.training import starter as st
+    from safetensors.torch import load_file
+
+    out, work = tmp_path / "starter", tmp_path / "starter.work"
+    shutil.copytree(starter, out)
+    shutil.copytree(starter.with_name(starter.name + ".work"), work)
+    (out / "TP_llava" / "model.safetensors").unlink()
+    (work / "runs" / "text" / "TP_llava" / "model.safetensors").unlink()  # nothing left to resume from
+    args = ["--out", str(out), "--smoke", "--seed", "0", "--device", "cpu", "--stages", "text"]
+    with pytest.raises(SystemExit, match="steps-mask"):
+        st.main(args + ["--steps-mask", "7"])
+    with pytest.raises(SystemExit, match="unknown stage"):
+        st.main(args[:-1] + ["texts"])
+    assert st.main(args + ["--steps-text", "9"]) == 0
+    rec, before = (json.loads((d / "starter.json").read_text()) for d in (out, starter))
+    assert rec["retrained"] == ["text"] and list(rec["stages"]) == list(before["stages"])
+    assert rec["stages"]["vae"] == before["stages"]["vae"] and rec["stages"]["text"]["loss"]["steps"] == 9
+    assert "--stages" not in rec["command"] and "--steps-text 9" in rec["command"]
+    for rel in ("base/vae/diffusion_pytorch_model.safetensors", next((starter / "RP").glob("*.safetensors")),
+                next((starter / "renderer" / "ckpt").glob("*.safetensors"))):
+        rel = Path(rel).relative_to(starter) if Path(rel).is_absolute() else rel
+        a, b = load_file(str(starter / rel)), load_file(str(out / rel))
+        assert all(bool((a[k] == b[k]).all()) for k in a), rel
+    # back to the recipe's step count: the same text generator as the full build
+    assert st.main(args) == 0
+    a, b = (load_file(str(d / "TP_llava" / "model.safetensors")) for d in (starter, out))
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_lane_worker_exits_with_its_build(tmp_path):
+    """A lane's worker (run_stage in a --jobs 2 pool) stops when the build process dies, instead of training
+    on into the work folder."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    worker = ("import os, time\nfrom inverse_painting.training.starter import _exit_with\n"
+              f"_exit_with(os.getppid())\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    build = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {worker!r}])\n"
+             f"while not __import__('os').path.exists({str(pid_file)!r}): time.sleep(0.1)\n")
+    subprocess.run([sys.executable, "-c", build], check=True, timeout=60)  # the "build" exits at once
+    pid = int(pid_file.read_text())
+    stat = Path(f"/proc/{pid}/stat")
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if stat.is_file() and stat.read_text().split(")")[-1].split()[0] == "Z":
+            return  # exited, not yet reaped (a container's init may never reap it)
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError("the orphaned worker kept running")

@@ -10,6 +10,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,28 @@ def test_resume_with_cosine_schedule_is_exact(setup, tmp_path):
     a, b = full["model"].state_dict(), second["model"].state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_vision_tower_is_frozen_unless_asked(setup, tmp_path):
+    """The release recipe keeps the vision tower frozen; ``train_vision_tower`` (the starter's random tower)
+    trains it at the projector's LR, and the merged export carries the trained tower."""
+    from safetensors.torch import load_file
+
+    from inverse_painting.training.trainers.text_generator import TextConfig, train
+
+    root, hf = setup
+    common = dict(data=str(root / "data"), base=hf, steps=3, cpu=True, progress=False, tensorboard=False,
+                  log_every=0, lora_r=4, lora_alpha=8, lr=5e-3, projector_lr=5e-3, save_adapter=False,
+                  export_dtype="float32")
+    base = load_file(str(next(iter(sorted(Path(hf).glob("*.safetensors"))))))
+    for flag in (False, True):
+        out = tmp_path / str(flag)
+        train(TextConfig(out=str(out), train_vision_tower=flag, **common))
+        merged = load_file(str(out / "TP_llava" / "model.safetensors"))
+        tower = [k for k in merged if "vision_tower" in k and k in base and merged[k].ndim == 2]
+        last = max(int(k.split("layers.")[1].split(".")[0]) for k in tower if "layers." in k)
+        # LLaVA reads the second-to-last layer's output: the last layer gets no gradient
+        used = [k for k in tower if f"layers.{last}." not in k]
+        assert used
+        changed = [k for k in used if not torch.equal(merged[k], base[k])]
+        assert (changed == used) if flag else not changed, (flag, changed)

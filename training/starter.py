@@ -18,7 +18,8 @@ Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>
 6. ``train-renderer``: renderer UNet + ReferenceNet + adapters from scratch (``--init random``);
 7. text generator: a tiny LLaVA (LLaMA text model + CLIP vision tower, llava-hf layout) with a SentencePiece
    tokenizer trained on the prompt template and the instruction vocabulary, randomly initialised, then
-   trained with the text trainer (LoRA + projector, merged at export; training/trainers/text_generator.py);
+   trained with the text trainer (LoRA + projector + the vision tower, which is random here, merged at
+   export; training/trainers/text_generator.py);
 8. ``assemble`` into ``--out`` in the release layout (renderer/, RP/, TP_llava/, base/, clip/), weights as
    safetensors only (checkpoints stored in fp16 unless ``--fp32``), plus ``MODEL_CARD.md`` and
    ``starter.json`` (the exact options, per-stage losses and timings).
@@ -51,7 +52,7 @@ PRESETS = {
     "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, vae_perceptual=1.0,
                  steps_vae=3000, steps_mask=5000, steps_renderer=4000, steps_text=20000,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
-                 batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-4, lr_text=2e-3),
+                 batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-4, lr_text=5e-4),
     "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0,
                   steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
@@ -61,7 +62,21 @@ PRESETS = {
 
 # options that change where files go or what is printed, never the weights
 _NOT_IN_RECIPE = {"--work": 1, "--print-every": 1, "--progress": 0, "--no-progress": 0, "--keep-work": 0,
-                  "--no-keep-work": 0}
+                  "--no-keep-work": 0, "--stages": 1}
+
+STAGES = ("vae", "text", "mask", "renderer")
+# the options each stage reads besides the data (--seed, --processes, --size, --aspect, --smoke) and the
+# run-time ones; with --stages, an option that changed must belong to a stage being retrained
+STAGE_OPTIONS = {
+    "vae": {"steps_vae", "lr_vae", "batch_vae", "vae_widths", "vae_kl", "vae_perceptual", "vae_crop"},
+    "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r"},
+    "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context"},
+    "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context"},
+}
+_RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
+# where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
+_STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "text": ("runs/text", "llava_tokenizer", "llava_init"),
+               "mask": ("runs/rp",), "renderer": ("runs/renderer",)}
 
 
 def reproduce_command(argv: Sequence[str]) -> str:
@@ -277,6 +292,12 @@ def write_model_card(out: Path, rec: dict) -> None:
 
     sizes = rec["sizes_mb"]
     vae = st.get("vae", {})
+    paint = {**STARTER_PAINT_DEFAULTS, **rec.get("paint_defaults", {})}
+    retrained = ""
+    if rec.get("retrained"):
+        retrained = (f"\nThis folder was last rebuilt with `--stages {','.join(rec['retrained'])}` on the work folder of a "
+                     "full build with the same options (data and the other networks reused). Every stage is seeded from "
+                     "`--seed`, so the command above builds the same weights in one go.\n")
     text = f"""# Inverse Painting starter model ({'smoke preset' if o['smoke'] else 'starter recipe'})
 
 A small model trained **only on synthetic painting processes** by the pack's training kit, so that the nodes
@@ -289,7 +310,7 @@ Reproduce (seeded, CPU or GPU):
 ```bash
 {rec['command']}
 ```
-
+{retrained}
 ## Data
 - `{o['processes']}` synthetic processes (`training/synthetic.py`, seed {o['seed']}), {o['size']} px short side,
   {rec['data']['pairs']} (cur, next) pairs, {rec['data']['frames']} frames.
@@ -311,7 +332,8 @@ Reproduce (seeded, CPU or GPU):
 - Renderer / RP UNets: widths {o['unet_widths']}, cross-attention {o['context']}; text encoder and CLIP vision
   are small **random frozen** CLIP models (byte-level tokenizer) of width {o['context']}.
 - Text generator: LLaMA {o['text_hidden']} wide x 2 layers + CLIP ViT 224/32, SentencePiece tokenizer from the
-  instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector, merged, fp16.
+  instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector + the vision tower (random at the
+  start: frozen, as in the release recipe, the text generator collapsed to one or two answers), merged, fp16.
 - Renderer/RP checkpoints stored as {'fp32' if o['fp32'] else 'fp16'} safetensors.
 
 Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
@@ -323,9 +345,10 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   (there is no `lpips/` folder), and measure difference masks and the stop rule against the VAE's
   reconstruction of the target (`compare_to = reconstruction`): the small VAE cannot reproduce the target
   within the release's thresholds (0.2 / 0.1), so against the target itself no region would ever look done.
-  Each keyframe starts from the canvas noised to `denoise = {rec.get('paint_defaults', STARTER_PAINT_DEFAULTS)['denoise']}`
-  (img2img) instead of pure noise: from pure noise the briefly trained renderer drifts in colour (dark, saturated
-  regions); the value was picked on validation processes (synthetic seed 2000), not on the benchmark set.
+  Each keyframe is an img2img run (`denoise = {paint['denoise']}`, `start_from = {paint.get('start_from', 'canvas')}`,
+  `keep_unmasked = {paint.get('keep_unmasked', False)}`; see `PaintSettings` and `core/loading.py`) instead of a
+  render from pure noise: from pure noise the briefly trained renderer drifts in colour (dark, saturated regions).
+  These values were picked on validation processes (synthetic seed 2000), not on the benchmark set.
 - Text model: `{out.name}/TP_llava` (or write the instructions by hand).
 - Reproducibility: same command, seed, torch version and device -> the same weights (CPU runs are bit-exact
   for a given thread count; GPU kernels may differ in the last bits).
@@ -333,9 +356,9 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
 ## Limits
 - Synthetic data only: landscapes of flat/noisy layers (sky, mountains, ground, water, trees, ...) painted in
   blocks; real paintings are out of distribution.
-- The VAE (8x, 4 latent channels, {vae.get('params_m', '?')} M parameters) is the main bottleneck: decoded images are
+- The VAE (8x, 4 latent channels, {vae.get('params_m', '?')} M parameters) limits sharpness: decoded images are
   blurry and carry vertical stroke-like artefacts (the ST-LPIPS term trades exact pixels for texture); every
-  keyframe is decoded by it, so no keyframe is sharper than its reconstruction.
+  keyframe is decoded by it, so no keyframe is sharper than its reconstruction (the benchmark's bound row).
 - The frozen CLIP text/vision encoders are random: the renderer and RP can only use what they separate.
 - Small step counts; {'this is the SMOKE preset: outputs are essentially untrained' if o['smoke'] else 'losses have not converged'}.
 """
@@ -409,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--fp32", action="store_true", help="keep renderer/RP checkpoints in fp32")
     p.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--stages", default="all",
+                   help="comma-separated subset of vae,text,mask,renderer to retrain in an existing --work of a "
+                        "previous build (its data and the other stages' runs are reused; every stage is seeded, "
+                        "so the result equals a full build with the same options); default: all")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     return p
 
@@ -422,7 +449,36 @@ def resolve_options(argv: Sequence[str] | None) -> dict:
             o[k] = v
     if not o["text_lora_r"]:
         o["text_lora_r"] = int(o["text_hidden"])
+    names = STAGES if o["stages"] in ("all", "", None) else [n.strip() for n in str(o["stages"]).split(",") if n.strip()]
+    unknown = sorted(set(names) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"--stages: unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
+    if "vae" in names:  # the mask generator and the renderer are trained on the VAE's latents
+        names = list(names) + ["mask", "renderer"]
+    o["stages"] = tuple(n for n in STAGES if n in names)
     return o
+
+
+def previous_build(out: Path, work: Path, o: dict) -> dict:
+    """The record of the build in ``out`` / ``work`` that ``--stages`` retrains part of.
+
+    Refuses when a file it reuses is missing, or when an option changed that a reused stage (or the data)
+    reads: the result would no longer be what the recorded command builds.
+    """
+    for need in (out / "starter.json", work / "skeleton", work / "data"):
+        if not need.exists():
+            raise SystemExit(f"--stages needs a previous full build with its work folder: {need} is missing")
+    prev = json.loads((out / "starter.json").read_text())
+    retrained = set(o["stages"])
+    for k in sorted((set(o) | set(prev["options"])) - _RUNTIME_OPTIONS - {"out", "work"}):
+        if o.get(k) == prev["options"].get(k):
+            continue
+        owners = {s for s in STAGES if k in STAGE_OPTIONS[s]}
+        if not owners or not owners <= retrained:
+            raise SystemExit(f"--{k.replace('_', '-')} differs from the previous build ({prev['options'].get(k)!r} -> "
+                             f"{o.get(k)!r}) and is read by stage(s) not retrained "
+                             f"({', '.join(sorted(owners - retrained)) or 'the data'}): run a full build")
+    return prev
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,7 +501,20 @@ def _params_m(model) -> float:
     return round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
 
 
-def run_stage(name: str, o: dict, work: str, threads: int = 0) -> dict:
+def _exit_with(parent_pid: int) -> None:
+    """In a lane's worker process: exit when the build process is gone (killed or interrupted), instead of
+    training on as an orphan that writes into the work folder a new build is using."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int | None = None) -> dict:
     """Train one network of the recipe (``vae``, ``mask``, ``renderer`` or ``text``); returns its record.
 
     A top-level function so that the lanes can run it in worker processes. Every stage seeds itself from
@@ -459,6 +528,8 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0) -> dict:
     from .trainers.text_generator import TextConfig
     from .trainers.vae import VAEConfig
 
+    if parent_pid is not None:
+        _exit_with(parent_pid)
     if threads:
         torch.set_num_threads(int(threads))
     work = Path(work)
@@ -491,6 +562,7 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0) -> dict:
         res = text_generator.train(TextConfig(data=str(data), base=str(llava_base), out=str(runs / "text"),
                                               steps=o["steps_text"], lr=o["lr_text"], projector_lr=o["lr_text"],
                                               lora_r=r, lora_alpha=2 * r, lora_dropout=0.0, save_adapter=False,
+                                              train_vision_tower=True,  # random tower: frozen, it collapses
                                               export_dtype="float16", **{**common, "mixed_precision": "no"}))
         rec, model = {}, res["generator"].model
     else:
@@ -501,76 +573,94 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0) -> dict:
 
 
 def run_stages(o: dict, work: Path) -> dict:
-    """The four trainings, in two lanes when ``--jobs 2``: [VAE -> renderer] and [text -> mask].
+    """The trainings of ``o["stages"]``, in two lanes when ``--jobs 2``: [VAE -> renderer] and [text -> mask].
 
     The mask generator and the renderer read the VAE's latents, so they start after it; the text generator
-    needs only the images. With one job everything runs in this process, in the same order.
+    needs only the images. With one job everything runs in this process, in the same order. With two, the
+    stages always run in worker processes with the lanes' thread count (also when only one is retrained), so
+    that a partial rebuild computes exactly what the full build did.
     """
-    jobs = int(o["jobs"])
-    if jobs <= 1:
-        return {name: run_stage(name, o, str(work)) for name in ("vae", "text", "mask", "renderer")}
+    names = o["stages"]
+    if int(o["jobs"]) <= 1:
+        return {name: run_stage(name, o, str(work)) for name in names}
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 2) // 2) if o["threads"] == 0 else int(o["threads"])
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
-        vae = pool.submit(run_stage, "vae", o, str(work), threads)
-        text = pool.submit(run_stage, "text", o, str(work), threads)
-        stages = {"vae": vae.result()}
-        rend = pool.submit(run_stage, "renderer", o, str(work), threads)  # the longest: first free worker
-        mask = pool.submit(run_stage, "mask", o, str(work), threads)
-        stages.update(text=text.result(), mask=mask.result(), renderer=rend.result())
-    return stages
+        me = os.getpid()
+        futures = {n: pool.submit(run_stage, n, o, str(work), threads, me) for n in ("vae", "text") if n in names}
+        stages = {"vae": futures.pop("vae").result()} if "vae" in futures else {}
+        for n in ("renderer", "mask"):  # the renderer, the longest, takes the first free worker
+            if n in names:
+                futures[n] = pool.submit(run_stage, n, o, str(work), threads, me)
+        stages.update({n: f.result() for n, f in futures.items()})
+    return {n: stages[n] for n in names}
 
 
-def build(o: dict, argv: Sequence[str] = ()) -> dict:
-    from .cli import assemble
+def _prepare_data(o: dict, work: Path, rec: dict) -> None:
+    """Steps 1-3: synthetic processes, ground truth (masks, text, LLaVA set) and the base skeleton."""
     from .ground_truth import write_ground_truth
     from .synthetic import generate_dataset
-
-    t_all = time.time()
-    out = Path(o["out"])
-    work = Path(o["work"]) if o.get("work") else out.with_name(out.name + ".work")
-    for d, mark in ((out, "starter.json"), (work, "skeleton")):
-        if d.exists():  # only ever delete a previous starter build, never an unrelated folder
-            if any(d.iterdir()) and not (d / mark).exists():
-                raise FileExistsError(f"{d} exists and is not a previous starter build: choose another --out/--work")
-            shutil.rmtree(d)
-    work.mkdir(parents=True)
-    seed = int(o["seed"])
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    cpu = _stage_common(o)["cpu"]
-    rec = {"options": {k: v for k, v in o.items() if k not in ("out", "work")}, "stages": {},
-           "command": reproduce_command(argv or ["--out", str(out)]),
-           "paint_defaults": dict(STARTER_PAINT_DEFAULTS),
-           "torch": torch.__version__, "machine": platform.machine(), "device": "cpu" if cpu else "cuda"}
-    data = work / "data"
-
-    # 1-2: data and ground truth
-    t = time.time()
-    _log(f"synth {o['processes']} processes at {o['size']} px")
-    paintings = generate_dataset(str(data), o["processes"], seed, size=int(o["size"]), aspect=o["aspect"])
-    _log("ground truth (stlpips_alex masks, label text, LLaVA set)")
-    write_ground_truth(data, "train", metric_name=METRIC)
     from .trainers.data import PairDataset
 
+    t = time.time()
+    data = work / "data"
+    _log(f"synth {o['processes']} processes at {o['size']} px")
+    paintings = generate_dataset(str(data), o["processes"], int(o["seed"]), size=int(o["size"]), aspect=o["aspect"])
+    _log("ground truth (stlpips_alex masks, label text, LLaVA set)")
+    write_ground_truth(data, "train", metric_name=METRIC)
     pairs = len(PairDataset(str(data), "train", metric=None, need_next_mask=False, need_target_mask=False))
     instructions = sorted({lab for p in paintings for lab in p["labels"].values()} if paintings and isinstance(
         paintings[0]["labels"], dict) else {lab for p in paintings for lab in p["labels"]})
     rec["data"] = {"pairs": pairs, "frames": sum(p["frames"] for p in paintings), "instructions": instructions}
     rec["stages"]["data"] = {"seconds": round(time.time() - t, 1)}
-
-    # 3: skeleton
     widths = [int(w) for w in str(o["unet_widths"]).split(",")]
-    write_skeleton(work / "skeleton", starter_unet_config(widths, o["context"]), int(o["context"]), seed)
+    write_skeleton(work / "skeleton", starter_unet_config(widths, o["context"]), int(o["context"]), int(o["seed"]))
 
-    # 4-7: VAE, text generator, mask generator, renderer
+
+def build(o: dict, argv: Sequence[str] = ()) -> dict:
+    from .cli import assemble
+
+    t_all = time.time()
+    out = Path(o["out"])
+    work = Path(o["work"]) if o.get("work") else out.with_name(out.name + ".work")
+    partial = o["stages"] != STAGES
+    prev = previous_build(out, work, o) if partial else None
+    for d, mark in ((out, "starter.json"), (work, "skeleton")):  # only ever replace a previous starter build
+        if d.exists() and any(d.iterdir()) and not (d / mark).exists():
+            raise FileExistsError(f"{d} exists and is not a previous starter build: choose another --out/--work")
+    if work.exists() and not partial:
+        shutil.rmtree(work)
+    seed = int(o["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    cpu = _stage_common(o)["cpu"]
+    options = {k: v for k, v in o.items() if k not in ("out", "work", "stages")}
+    rec = {"options": options, "stages": {},
+           "command": reproduce_command(argv or ["--out", str(out)]),
+           "paint_defaults": dict(STARTER_PAINT_DEFAULTS),
+           "torch": torch.__version__, "machine": platform.machine(), "device": "cpu" if cpu else "cuda"}
+    if partial:
+        # reuse the data, skeleton and other stages of the previous build; retrain the rest from scratch
+        for name in o["stages"]:
+            for rel in _STAGE_DIRS[name]:
+                shutil.rmtree(work / rel, ignore_errors=True)
+        rec["data"] = prev["data"]
+        rec["stages"] = {k: v for k, v in prev["stages"].items() if k not in o["stages"]}
+        rec["retrained"] = list(o["stages"])
+        _log(f"retraining {', '.join(o['stages'])} in {work}")
+    else:
+        work.mkdir(parents=True)
+        _prepare_data(o, work, rec)
     rec["stages"].update(run_stages(o, work))
+    rec["stages"] = {k: rec["stages"][k] for k in ("data",) + STAGES if k in rec["stages"]}
     skel = work / "skeleton"
 
-    # 8: assemble
+    # 8: assemble (the previous model stays in place until the new one is trained)
     _log(f"assemble -> {out}")
+    if out.exists():
+        shutil.rmtree(out)
     assemble(out, base=str(skel), renderer=str(work / "runs" / "renderer"), mask=str(work / "runs" / "rp"),
              text=str(work / "runs" / "text"), link_base=False, link_trained=False)
     for f in list(out.glob("renderer/ckpt/*.ckpt")) + list(out.glob("RP/*.ckpt")):

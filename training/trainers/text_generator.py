@@ -2,7 +2,8 @@
 
 Recipe as officially: LoRA r 128, alpha 256, dropout 0.05, bias none, on every ``nn.Linear`` of the LLM
 (q/k/v/o/gate/up/down; not lm_head, projector or vision tower); the projector is trained fully at its own
-LR (2e-5); LR 1e-4, cosine with 3 % warm-up, weight decay 0; the vision tower is frozen; only the answer
+LR (2e-5); LR 1e-4, cosine with 3 % warm-up, weight decay 0; the vision tower is frozen (``--train-vision-tower``
+trains it too, for a model built from scratch); only the answer
 tokens are supervised (every other label is -100).
 
 Deliberate difference (spec B3): the official run trained with the vicuna_v1 template but the released
@@ -55,6 +56,10 @@ class TextConfig(TrainConfig):
     lora_alpha: int = 256
     lora_dropout: float = 0.05
     train_projector: bool = True
+    # train the vision tower fully (at projector_lr). The release keeps its pretrained CLIP frozen; a model
+    # built from scratch (the starter) has a random tower whose frozen features cannot tell the regions
+    # apart, and its text generator collapses to one or two answers.
+    train_vision_tower: bool = False
     max_length: int = 2048
     vision_tower_path: str = ""  # a local CLIP-L/336 folder for an original-layout base without a saved tower
     base_dtype: str = "float32"  # float32 | bfloat16 | float16: dtype of the frozen base weights
@@ -179,6 +184,8 @@ class TextTrainable(torch.nn.Module):
         self.peft = get_peft_model(model, lcfg)  # freezes everything but the LoRA matrices
         if cfg.train_projector:
             self.projector.float().requires_grad_(True)  # trained in fp32 even on a bf16/fp16 base
+        if cfg.train_vision_tower:
+            self.vision_tower.float().requires_grad_(True)
         self.cfg = cfg
 
     @property
@@ -186,12 +193,20 @@ class TextTrainable(torch.nn.Module):
         # a property, not a submodule: a second registration would make shared tensors in the saved state
         return self.peft.get_base_model().model.multi_modal_projector
 
+    @property
+    def vision_tower(self):
+        return self.peft.get_base_model().model.vision_tower
+
     def param_groups(self, cfg: TextConfig):
         proj = {id(p) for p in self.projector.parameters()}
-        lora = [p for p in self.parameters() if p.requires_grad and id(p) not in proj]
+        tower = {id(p) for p in self.vision_tower.parameters()} if cfg.train_vision_tower else set()
+        lora = [p for p in self.parameters() if p.requires_grad and id(p) not in proj | tower]
         groups = [{"params": lora, "lr": cfg.lr}]
         if cfg.train_projector:
             groups.append({"params": [p for p in self.projector.parameters() if p.requires_grad], "lr": cfg.projector_lr})
+        if cfg.train_vision_tower:
+            groups.append({"params": [p for p in self.vision_tower.parameters() if p.requires_grad],
+                           "lr": cfg.projector_lr})
         return groups
 
     def forward(self, input_ids, attention_mask, pixel_values):
