@@ -346,7 +346,8 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   reconstruction of the target (`compare_to = reconstruction`): the small VAE cannot reproduce the target
   within the release's thresholds (0.2 / 0.1), so against the target itself no region would ever look done.
   Each keyframe is an img2img run (`denoise = {paint['denoise']}`, `start_from = {paint.get('start_from', 'canvas')}`,
-  `keep_unmasked = {paint.get('keep_unmasked', False)}`; see `PaintSettings` and `core/loading.py`) instead of a
+  `keep_unmasked = {paint.get('keep_unmasked', False)}`, `difference_fallback = {paint.get('difference_fallback', False)}`;
+  see `PaintSettings` and `core/loading.py`) instead of a
   render from pure noise: from pure noise the briefly trained renderer drifts in colour (dark, saturated regions).
   These values were picked on validation processes (synthetic seed 2000), not on the benchmark set.
 - Text model: `{out.name}/TP_llava` (or write the instructions by hand).
