@@ -45,23 +45,20 @@ def write_held_out(root: Path, count: int, seed: int, size: int, aspect, train_s
     return root / "heldout" / "rgb"
 
 
-def paint_all(models_dir: Path, real: dict, out: Path, steps: int, seed: int, device: str, max_keyframes: int = 50,
-              log=print, overrides: dict | None = None) -> dict:
-    """Paint each real sequence's last frame with the model (its paint defaults, then ``overrides``).
+def paint_all(models_dir: Path, models, real: dict, out: Path, steps: int, seed: int, device: str,
+              max_keyframes: int = 50, log=print, overrides: dict | None = None) -> dict:
+    """Paint each real sequence's last frame with the model (``models``, the ModelSet loaded from
+    ``models_dir``; its paint defaults, then ``overrides``).
 
     Returns ({name: number of keyframes}, {name: perceptual distance between the target and its VAE
     reconstruction}: the floor no keyframe decoded by this VAE gets under).
     """
-    import torch
-
     from ..core.export import write_process
     from ..core.imaging import prepare_image
     from ..core.loop import Painter, PaintSettings, collect_process
-    from ..core.model_set import ModelSet
     from ..models.lpips_net import load_perceptual_metric
     from ..models.text_instruction import TextInstructionGenerator
 
-    models = ModelSet.from_release(models_dir, device=device, dtype=torch.float32)
     metric = load_perceptual_metric("stlpips_alex", device=device)
     text = TextInstructionGenerator.from_pretrained(models.paths.text_model, device=device)
     painter = Painter(models, metric)
@@ -84,16 +81,12 @@ def paint_all(models_dir: Path, real: dict, out: Path, steps: int, seed: int, de
     return counts, floors
 
 
-def write_vae_bound(models_dir: Path, real: dict, out: Path, device: str = "cpu") -> None:
-    """Every real frame passed through the model's VAE, at the real times: what a painter that gets every
-    keyframe exactly right would still score, since every keyframe it makes is decoded by this VAE."""
-    import torch
-
+def write_vae_bound(models, real: dict, out: Path) -> None:
+    """Every real frame passed through the VAE of ``models`` (a ModelSet), at the real times: what a painter
+    that gets every keyframe exactly right would still score, since every keyframe it makes is decoded by it."""
     from ..core.export import write_process
     from ..core.imaging import prepare_image
-    from ..core.model_set import ModelSet
 
-    models = ModelSet.from_release(models_dir, device=device, dtype=torch.float32, renderer=False, mask_generator=False)
     for name, seq in sorted(real.items()):
         frames = []
         for f in seq.frames:
@@ -191,12 +184,17 @@ def main(argv=None) -> int:
     real_dir = write_held_out(out / "data", a.count, a.seed, int(info["size"]), info.get("aspect"),
                               int(info["seed"]), int(info["processes"]))
     real = load_sequences(real_dir)
-    counts, floors = paint_all(models, real, out / "starter", a.steps, a.paint_seed, a.device, a.max_keyframes,
-                               overrides=overrides)
+    import torch
+
+    from ..core.model_set import ModelSet
+
+    model_set = ModelSet.from_release(models, device=a.device, dtype=torch.float32)  # painting and the bound
+    counts, floors = paint_all(models, model_set, real, out / "starter", a.steps, a.paint_seed, a.device,
+                               a.max_keyframes, overrides=overrides)
     for kind in BASELINES:
         for name, seq in real.items():
             write_baseline(kind, out / kind / name, seq.target, counts[name], seed=a.seed)
-    write_vae_bound(models, real, out / "vae_bound", a.device)
+    write_vae_bound(model_set, real, out / "vae_bound")
     overall, per = {}, {}
     for m in METHODS + ("vae_bound",):
         rep = evaluate_method(out / m, real_dir, out / f"eval_{m}", plots=m == "starter")
