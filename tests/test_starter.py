@@ -118,9 +118,15 @@ def test_stages_retrain_part_of_a_build(starter, tmp_path):
     shutil.copytree(starter.with_name(starter.name + ".work"), work)
     (out / "TP_llava" / "model.safetensors").unlink()
     (work / "runs" / "text" / "TP_llava" / "model.safetensors").unlink()  # nothing left to resume from
+    # a record written before an option existed counts as that option's default
+    rec = json.loads((out / "starter.json").read_text())
+    del rec["options"]["cache_latents"]
+    (out / "starter.json").write_text(json.dumps(rec))
     args = ["--out", str(out), "--smoke", "--seed", "0", "--device", "cpu", "--stages", "text"]
     with pytest.raises(SystemExit, match="steps-mask"):
         st.main(args + ["--steps-mask", "7"])
+    with pytest.raises(SystemExit, match="cache-latents"):
+        st.main(args + ["--cache-latents"])
     with pytest.raises(SystemExit, match="unknown stage"):
         st.main(args[:-1] + ["texts"])
     assert st.main(args + ["--steps-text", "9"]) == 0

@@ -152,3 +152,59 @@ def test_gradient_checkpointing_matches(kind, tiny_release, synth_data, tmp_path
     sa, sb = a["model"].state_dict(), b["model"].state_dict()
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("kind", ["mask", "renderer"])
+def test_latent_cache_keys_are_the_encoded_frames(kind, tiny_release, synth_data, tmp_path, monkeypatch):
+    import os
+
+    from inverse_painting.training.raw_layout import load_frame
+    from inverse_painting.training.trainers.common import BaseParts
+    from inverse_painting.training.trainers.data import pad16, to_m11
+
+    common = dict(data=str(synth_data), base=str(tiny_release), steps=8, batch_size=2)
+    a = _train(kind, _cfg(kind, out=str(tmp_path / "a"), **common))
+    seen = {}
+    posterior = BaseParts.posterior
+
+    def recording(self, x, ids=None):
+        assert ids is not None and len(ids) == x.shape[0]  # every encode of the trainer names its frames
+        for k, row in zip(ids, x):
+            seen.setdefault(k, row.clone())
+        return posterior(self, x, ids)
+
+    monkeypatch.setattr(BaseParts, "posterior", recording)
+    b = _train(kind, _cfg(kind, out=str(tmp_path / "b"), cache_latents=True, **common))
+    # each name is the frame that was encoded under it (the trainers pass the ids of the right images)
+    assert len(seen) >= 3
+    for k, row in seen.items():
+        video_dir, name = os.path.split(k)
+        some = next(n for n in os.listdir(video_dir) if n[0].isdigit()).rsplit(".", 1)[0]
+        like = load_frame(video_dir, some)  # the size of the white canvas ("white" frames)
+        torch.testing.assert_close(row, to_m11(pad16(load_frame(video_dir, name, like=like))), rtol=0, atol=0)
+    # the first step draws what the uncached run draws; later steps differ: cached posteriors differ from
+    # batch-encoded ones in the last bits, and training amplifies that (same statistics, other weights)
+    np.testing.assert_allclose(a["losses"][0], b["losses"][0], rtol=1e-5)
+    assert len(b["losses"]) == 8
+
+
+def test_latent_cache_encodes_each_frame_once(tiny_release):
+    from inverse_painting.training.trainers.common import load_base
+
+    base = load_base(tiny_release)
+    calls = []
+    encode = base.vae.encode
+    base.vae.encode = lambda x: calls.append(x.shape[0]) or encode(x)
+    x = torch.rand(3, 3, 32, 48) * 2 - 1
+    x[2] = x[0]  # one frame named twice in a batch
+    plain = base.posterior(x)
+    base.latent_cache = {}
+    first = base.posterior(x, ["a", "b", "a"])
+    again = base.posterior(x[[1, 0]], ["b", "a"])  # all cached: no encode
+    assert calls == [3, 2]  # "a" (named twice) and "b" once each
+    base.posterior(x[[1, 0]], ["b", "c"])  # one new frame: only it is encoded
+    assert calls == [3, 2, 1] and set(base.latent_cache) == {"a", "b", "c"}
+    for got, want in ((first[0], plain[0]), (first[1], plain[1]), (again[0], plain[0][[1, 0]])):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(base.encode(x[:2], g1, ["a", "b"]), base.encode(x[:2], g2), rtol=1e-5, atol=1e-6)

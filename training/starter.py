@@ -70,8 +70,8 @@ STAGES = ("vae", "text", "mask", "renderer")
 STAGE_OPTIONS = {
     "vae": {"steps_vae", "lr_vae", "batch_vae", "vae_widths", "vae_kl", "vae_perceptual", "vae_crop"},
     "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r"},
-    "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context"},
-    "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context"},
+    "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context", "cache_latents"},
+    "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents"},
 }
 _RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
 # where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
@@ -425,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-hidden", type=int)
     p.add_argument("--text-lora-r", type=int, default=0, help="0 = the text model's hidden size")
     p.add_argument("--vae-crop", type=int, help="square crop of the VAE's training frames (px; default --size)")
+    p.add_argument("--cache-latents", action="store_true",
+                   help="mask generator and renderer keep each frame's VAE posterior after its first encode (~1.5x "
+                        "faster renderer steps on CPU); same statistics, but not the weights of a build without it")
     p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
                    help="2 = train in two processes: [VAE -> renderer] next to [text -> mask]")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process with --jobs 2 (0 = cores / 2)")
@@ -471,12 +474,15 @@ def previous_build(out: Path, work: Path, o: dict) -> dict:
             raise SystemExit(f"--stages needs a previous full build with its work folder: {need} is missing")
     prev = json.loads((out / "starter.json").read_text())
     retrained = set(o["stages"])
+    parser = build_parser()
     for k in sorted((set(o) | set(prev["options"])) - _RUNTIME_OPTIONS - {"out", "work"}):
-        if o.get(k) == prev["options"].get(k):
+        # an option newer than the previous build's record had its default value there
+        before = prev["options"].get(k, parser.get_default(k))
+        if o.get(k) == before:
             continue
         owners = {s for s in STAGES if k in STAGE_OPTIONS[s]}
         if not owners or not owners <= retrained:
-            raise SystemExit(f"--{k.replace('_', '-')} differs from the previous build ({prev['options'].get(k)!r} -> "
+            raise SystemExit(f"--{k.replace('_', '-')} differs from the previous build ({before!r} -> "
                              f"{o.get(k)!r}) and is read by stage(s) not retrained "
                              f"({', '.join(sorted(owners - retrained)) or 'the data'}): run a full build")
     return prev
@@ -549,12 +555,14 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
     elif name == "mask":
         res = mask_generator.train(TrainConfig(data=str(data), base=str(skel), out=str(runs / "rp"),
                                                steps=o["steps_mask"], lr=o["lr_mask"], batch_size=o["batch_size"],
-                                               complete_release=False, **common))
+                                               complete_release=False, cache_latents=bool(o.get("cache_latents")),
+                                               **common))
         rec, model = {}, res["model"]
     elif name == "renderer":
         res = renderer.train(RendererConfig(data=str(data), base=str(skel), out=str(runs / "renderer"),
                                             steps=o["steps_renderer"], lr=o["lr_renderer"], init="random",
-                                            batch_size=o["batch_size"], complete_release=False, **common))
+                                            batch_size=o["batch_size"], complete_release=False,
+                                            cache_latents=bool(o.get("cache_latents")), **common))
         rec, model = {}, res["model"]
     elif name == "text":
         tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))

@@ -150,7 +150,10 @@ class PairDataset(torch.utils.data.Dataset):
                 "cur_u8": (np.full((CLIP_WHITE_SIZE, CLIP_WHITE_SIZE, 3), 255, np.uint8)
                            if rec.cur == WHITE else cur),
                 "target_u8": target, "interval": rec.interval, "text": self.text_for(rec),
-                "index": int(index), "hw": tuple(target.shape[:2])}
+                "index": int(index), "hw": tuple(target.shape[:2]),
+                # names of the three frames: keys of the trainers' VAE latent cache
+                "cur_id": f"{rec.video_dir}/{rec.cur}", "next_id": f"{rec.video_dir}/{rec.next}",
+                "target_id": f"{rec.video_dir}/{rec.target}"}
         if self.need_next_mask:
             def next_mask():
                 m = self._folder_mask(rec, cur_p.shape[:2])

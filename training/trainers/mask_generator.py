@@ -53,6 +53,7 @@ def train(cfg: TrainConfig) -> dict:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)  # identical random init on every rank (DDP also broadcasts)
     base = load_base(cfg.base).to(accelerator.device)
+    base.latent_cache = {} if cfg.cache_latents else None
     metric = load_metric(cfg, base).to(accelerator.device)
     data = PairDataset(cfg.data, cfg.split, metric=metric, drop_prob=cfg.drop_prob, use_lpips_folder=False)
     model = MaskTrainable(base.unet_config, base.pe_kwargs)
@@ -64,8 +65,8 @@ def train(cfg: TrainConfig) -> dict:
     def loss_fn(m, step, g, acc):
         b = data.sample(g, cfg.batch_size)
         dev = acc.device
-        z_cur = base.encode(b["cur"].to(dev), g)
-        z_tgt = base.encode(b["target"].to(dev), g)
+        z_cur = base.encode(b["cur"].to(dev), g, b["cur_id"])
+        z_tgt = base.encode(b["target"].to(dev), g, b["target_id"])
         hw = z_cur.shape[-2:]
         m_d = to_latent(b["mask_target"], hw).to(dev)
         gt = to_latent(b["mask_next"], hw).to(dev)

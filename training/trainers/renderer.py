@@ -132,6 +132,7 @@ def train(cfg: RendererConfig) -> dict:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     base = load_base(cfg.base, need_clip=True).to(accelerator.device)
+    base.latent_cache = {} if cfg.cache_latents else None
     data = PairDataset(cfg.data, cfg.split, metric=None, drop_prob=cfg.drop_prob, need_target_mask=False)
     if not any((Path(data.split_root) / "lpips").glob("*/*.jpg")):
         data.metric = load_metric(cfg, base).to(accelerator.device)  # no lpips/ folder: compute on the fly
@@ -150,8 +151,8 @@ def train(cfg: RendererConfig) -> dict:
         b = data.sample(g, cfg.batch_size)
         dev = acc.device
         n = b["next"].shape[0]
-        z0 = base.encode(b["next"].to(dev), g)
-        z_ref = base.encode(b["target"].to(dev), g)
+        z0 = base.encode(b["next"].to(dev), g, b["next_id"])
+        z_ref = base.encode(b["target"].to(dev), g, b["target_id"])
         noise = torch.randn(z0.shape, generator=g).to(z0)
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), generator=g).to(dev)
         noisy = sched.add_noise(z0, noise, t)
