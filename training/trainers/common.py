@@ -47,7 +47,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0  # 0 = off; > 0: EMA weights are exported
     # keep each frame's VAE posterior in memory after its first encode (renderer and mask generator);
-    # the same latents are drawn. Held on the training device: 8 * 4 * (h/8) * (w/8) bytes per frame
+    # the same draws, up to the encoder's last bits (see BaseParts.posterior). Held on the training device: 8 * 4 * (h/8) * (w/8) bytes per frame
     # (~130 KB at 512 px): for the starter's few thousand frames, not for a large video dataset
     cache_latents: bool = False
     save_state_every: int = 0  # accelerate state (resume); 0 = only at the end
@@ -414,11 +414,17 @@ def train_loop(cfg: TrainConfig, accelerator, model: torch.nn.Module, loss_fn, e
     if step >= cfg.steps:
         export(step)
     in_sync = None
+    trained = accelerator.unwrap_model(model)
     if accelerator.num_processes > 1:  # parameters must be identical on every rank (DDP sanity check)
-        flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(model).parameters()])
+        flat = torch.cat([p.detach().float().flatten() for p in trained.parameters()])
         gathered = accelerator.gather(flat[None])
         in_sync = bool(all(torch.equal(gathered[0], g) for g in gathered[1:]))
+        # drop the DDP wrapper (its reducer holds the process group) on every rank before the group ends:
+        # freed later, when this frame returned, it hung one 2-process CPU run in ~10 (gloo teardown)
+        del model, opt
+        accelerator.free_memory()
+        accelerator.wait_for_everyone()
     accelerator.end_training()  # also ends the process group in recent accelerate
     accelerator.print(f"{name}: steps {start}->{step} in {time.time() - t0:.1f}s")
-    return {"losses": losses, "step": step, "model": accelerator.unwrap_model(model), "ema": ema,
+    return {"losses": losses, "step": step, "model": trained, "ema": ema,
             "ranks_in_sync": in_sync, "world_size": accelerator.num_processes, "rank": accelerator.process_index}
