@@ -305,8 +305,7 @@ class InversePaintingRenderKeyframe:
                             first_keyframe=prev is None)
         n_steps = (len(sig) - 1) if sig is not None else int(steps)
         painting = model.painting  # a starter asks for img2img keyframes (see PaintSettings.denoise, start_from)
-        mask_latent = torch.nn.functional.interpolate(mask_full, size=working.latent_hw, mode="nearest")
-        start = keyframe_start(loaded.models, painting, canvas_u8, tstate.latents, mask_latent)
+        start = keyframe_start(loaded.models, painting, canvas_u8, tstate.latents, conds.mask_latent)
         if start is not None:
             prev = None
             n_steps = max(1, int(round(n_steps * painting.denoise)))

@@ -169,6 +169,13 @@ def test_loader_auto_metric_and_size(release, tmp_path):
     (img, _) = NODES["InversePaintingRenderKeyframe"]().run(s, white, uint8_to_image(target), "sky", mask, 20.0, 1,
                                                             4, **G)
     assert torch.equal(img[:, 48:], white[:, 48:]) and not torch.equal(img[:, :48], white[:, :48])
+    # start_from = target_in_mask: the node starts the masked region from the target's latents
+    import dataclasses
+
+    s.painting = dataclasses.replace(s.painting, start_from="target_in_mask")
+    (tim, _) = NODES["InversePaintingRenderKeyframe"]().run(s, white, uint8_to_image(target), "sky", mask, 20.0, 1,
+                                                            4, **G)
+    assert torch.equal(tim[:, 48:], white[:, 48:]) and not torch.equal(tim[:, :48], img[:, :48])
     (e,) = NODES["InversePaintingLoader"]().load(str(starter), "cpu", "fp32", perceptual_metric="stlpips_alex",
                                                  short_side=64)
     assert e.short_side == 64

@@ -555,14 +555,14 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
     elif name == "mask":
         res = mask_generator.train(TrainConfig(data=str(data), base=str(skel), out=str(runs / "rp"),
                                                steps=o["steps_mask"], lr=o["lr_mask"], batch_size=o["batch_size"],
-                                               complete_release=False, cache_latents=bool(o.get("cache_latents")),
+                                               complete_release=False, cache_latents=o["cache_latents"],
                                                **common))
         rec, model = {}, res["model"]
     elif name == "renderer":
         res = renderer.train(RendererConfig(data=str(data), base=str(skel), out=str(runs / "renderer"),
                                             steps=o["steps_renderer"], lr=o["lr_renderer"], init="random",
                                             batch_size=o["batch_size"], complete_release=False,
-                                            cache_latents=bool(o.get("cache_latents")), **common))
+                                            cache_latents=o["cache_latents"], **common))
         rec, model = {}, res["model"]
     elif name == "text":
         tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))
