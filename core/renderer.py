@@ -20,7 +20,7 @@ from .guidance import BRANCHES, GuidanceScales, combine_six, combine_weighted
 from .imaging import downsample_mask, tensor_to_uint8, uint8_to_tensor
 from .model_set import ModelSet
 from .sampling import Denoiser, NoiseSource, sample_euler_ancestral
-from .schedule import Schedule
+from .schedule import Schedule, eps_from_output
 
 # batch layout of the six branches: context index (h0..h3) and feature-encoder input index (c0..c2)
 CONTEXT_OF_BRANCH = (0, 1, 1, 2, 2, 3)
@@ -129,6 +129,7 @@ class Renderer:
         feats = conds.canvas_batch(branches)
         use_ref = torch.tensor([b != 0 for b in branches], device=contexts.device)
         unet = self.nets.unet
+        prediction = self.models.config.get("prediction_type", "epsilon")
         lookup = {round(float(k), 4): v for k, v in (sigma_to_t or {}).items()}
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -139,7 +140,8 @@ class Renderer:
             n = len(branches)
             x_in = (x / (s**2 + 1) ** 0.5).to(contexts.dtype).repeat(n, 1, 1, 1)
             t_in = torch.full((n,), t, device=x.device, dtype=torch.float32)
-            eps_all = unet(x_in, t_in, contexts, feats, conds.banks, use_ref).to(x.dtype)
+            eps_all = eps_from_output(unet(x_in, t_in, contexts, feats, conds.banks, use_ref), x_in, s,
+                                      prediction).to(x.dtype)
             eps = combine_weighted(eps_all, branches, scales) if fast else combine_six(eps_all, scales)
             if trace is not None:
                 trace.append({"sigma": s, "t": t, "eps_branches": eps_all, "eps": eps})

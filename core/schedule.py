@@ -18,6 +18,24 @@ SCHEDULER_KWARGS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0
                         timestep_spacing="linspace", prediction_type="epsilon", steps_offset=1)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def eps_from_output(out: torch.Tensor, x_in: torch.Tensor, sigma: float, prediction_type: str) -> torch.Tensor:
+    """The UNet's output as a noise estimate. ``x_in`` is its (variance-preserving) input x / sqrt(sigma^2 + 1).
+
+    The release predicts epsilon. A v-prediction UNet (v = sqrt(a) eps - sqrt(1 - a) x0, a = 1 / (sigma^2 + 1))
+    gives eps = sqrt(a) v + sqrt(1 - a) x_in; the map is affine with weights shared by every guidance
+    branch, so guidance on the converted outputs equals guidance in v.
+    """
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type != "v_prediction":
+        raise ValueError(f"unknown prediction_type {prediction_type!r} (expected one of {PREDICTION_TYPES})")
+    c = (sigma**2 + 1) ** -0.5
+    return c * out + (sigma * c) * x_in.to(out.dtype)
+
+
 def make_scheduler(**overrides):
     from diffusers import EulerAncestralDiscreteScheduler
 

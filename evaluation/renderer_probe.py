@@ -10,24 +10,31 @@ and reports the mean squared latent error inside the newly painted region for:
 * ``full``         -- every condition, as the sampler's conditional branch sees them;
 * ``no_mask``      -- the region mask zeroed (what the mask-guidance branch subtracts);
 * ``no_reference`` -- the ReferenceNet features left out (the only way target *layout* reaches the UNet);
+* ``other_target`` -- every condition, but the ReferenceNet features and the next-CLIP token of *another*
+  painting's target (the next painting probed, cyclically; NaN with a single painting);
 * ``canvas``       -- the canvas's own latents as the estimate (a renderer that paints nothing).
 
 A renderer that places target content where it paints has ``full`` well under ``canvas`` at the high
 sigmas, and ``no_reference`` clearly above ``full``; equal ``full`` and ``no_reference`` mean the target
-reaches it only through the global next-CLIP token. The figures are printed and written as JSON. This is
+reaches it only through the global next-CLIP token; ``other_target`` close to ``full`` means it ignores the
+target altogether (what the epsilon-trained starter renderers did). The figures are printed and written as JSON. This is
 a training diagnostic, not one of the paper's metrics.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-VARIANTS = ("full", "no_mask", "no_reference", "canvas")
+from ..core.schedule import eps_from_output
+
+VARIANTS = ("full", "no_mask", "no_reference", "other_target", "canvas")
 
 
 def new_paint_mask(cur: np.ndarray, nxt: np.ndarray, white: int = 240, paint: int = 230) -> np.ndarray:
@@ -37,10 +44,13 @@ def new_paint_mask(cur: np.ndarray, nxt: np.ndarray, white: int = 240, paint: in
 
 @torch.no_grad()
 def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray, region: np.ndarray,
-               instruction: str, sigmas, generator: torch.Generator, interval_s: float = 20.0) -> dict:
-    """{sigma: {variant: in-region latent MSE}} for one pair (images uint8 HWC at the working size)."""
+               instruction: str, sigmas, generator: torch.Generator, interval_s: float = 20.0,
+               other_state=None) -> dict:
+    """{sigma: {variant: in-region latent MSE}} for one pair (images uint8 HWC at the working size);
+    ``other_state``: another painting's prepared target (the ``other_target`` variant), or None."""
     mask = torch.from_numpy(region.astype(np.float32))[None, None].to(models.device)
     conds = renderer.conditions(target_state, cur, mask, instruction, interval_s)
+    other = renderer.conditions(other_state, cur, mask, instruction, interval_s) if other_state is not None else None
     z_next = models.image_latents(nxt).float()
     z_cur = models.image_latents(cur).float()
     cells = torch.nn.functional.interpolate(mask, size=z_next.shape[-2:], mode="area")[0, 0] > 0.5
@@ -57,13 +67,21 @@ def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray,
         x = z_next + s * noise
         x_in = (x / (s**2 + 1) ** 0.5).to(ctx.dtype).repeat(3, 1, 1, 1)
         t = torch.full((3,), renderer.schedule.timestep(s), device=ctx.device, dtype=torch.float32)
-        eps = renderer.nets.unet(x_in, t, ctx, feats, conds.banks, use_ref).float()
+        eps = eps_from_output(renderer.nets.unet(x_in, t, ctx, feats, conds.banks, use_ref), x_in, s,
+                              models.config.get("prediction_type", "epsilon")).float()
         x0 = x - s * eps
 
         def err(pred):
             return float(((pred - z_next)[:, :, cells] ** 2).mean())
 
-        out[s] = {"full": err(x0[0:1]), "no_mask": err(x0[1:2]), "no_reference": err(x0[2:3]), "canvas": err(z_cur)}
+        out[s] = {"full": err(x0[0:1]), "no_mask": err(x0[1:2]), "no_reference": err(x0[2:3]),
+                  "other_target": math.nan, "canvas": err(z_cur)}
+        if other is not None:
+            one = x_in[:1]
+            o_eps = eps_from_output(renderer.nets.unet(one, t[:1], other.contexts[[3]], other.canvas_features[[2]],
+                                                       other.banks, use_ref[:1]), one, s,
+                                    models.config.get("prediction_type", "epsilon")).float()
+            out[s]["other_target"] = err(x - s * o_eps)
     return out
 
 
@@ -82,10 +100,12 @@ def run(models_dir, data, count: int = 8, per_painting: int = 3, min_new: float 
     generator = torch.Generator().manual_seed(seed)
     per_sigma: dict[float, list[dict]] = {s: [] for s in chosen}
     pairs = []
-    for name, seq in sorted(load_sequences(data).items())[:count]:
+    paintings = sorted(load_sequences(data).items())[:count]
+    for i, (name, seq) in enumerate(paintings):
         short = min(seq.target.shape[:2])
         working = prepare_image(seq.target, short)
-        state = None
+        other_seq = paintings[(i + 1) % len(paintings)][1] if len(paintings) > 1 else None
+        state = other_state = None
         used = 0
         for k in range(len(seq) - 1):
             if used >= per_painting:
@@ -97,8 +117,13 @@ def run(models_dir, data, count: int = 8, per_painting: int = 3, min_new: float 
                 continue
             if state is None:
                 state = renderer.prepare_target(working.padded)
+                if other_seq is not None:  # resized to this painting's size: the latent grids must agree
+                    h, w = working.size
+                    other = np.asarray(Image.fromarray(other_seq.target).resize((w, h), Image.BICUBIC))
+                    other_state = renderer.prepare_target(prepare_image(other, None).padded)
             text = (seq.instructions[k + 1] if seq.instructions else None) or ""  # the step making frame k+1
-            res = probe_pair(renderer, models, state, cur, nxt, region, text, chosen, generator)
+            res = probe_pair(renderer, models, state, cur, nxt, region, text, chosen, generator,
+                             other_state=other_state)
             for s, v in res.items():
                 per_sigma[s].append(v)
             pairs.append({"painting": name, "frame": k, "new_area": float(region.mean())})

@@ -92,3 +92,35 @@ def test_canvas_repad_keeps_geometry():
     painted = np.full((*w.hw, 3), 200, np.uint8)
     nxt = w.repad(painted)
     assert nxt.shape == painted.shape and nxt[:100, :130].min() == 200 and nxt[100:].max() == 0
+
+
+def test_v_prediction_output_converts_to_the_noise_estimate():
+    """A v-prediction UNet's exact v gives back the exact eps (and so the exact x0) at every sigma;
+    epsilon outputs pass through; an unknown type is refused."""
+    from inverse_painting.core.schedule import eps_from_output
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 6, 5, generator=g), torch.randn(2, 4, 6, 5, generator=g)
+    for sigma in (0.03, 1.0, 7.5, 25.146):
+        a = 1.0 / (sigma**2 + 1)
+        x = x0 + sigma * eps  # k-diffusion (sigma) space
+        x_in = x * a**0.5  # what the UNet sees: the variance-preserving sample
+        v = a**0.5 * eps - (1 - a) ** 0.5 * x0
+        got = eps_from_output(v, x_in, sigma, "v_prediction")
+        torch.testing.assert_close(got, eps, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x - sigma * got, x0, rtol=1e-3, atol=1e-3 * sigma)
+        assert eps_from_output(eps, x_in, sigma, "epsilon") is eps
+    with pytest.raises(ValueError):
+        eps_from_output(eps, x0, 1.0, "sample")
+
+
+def test_renderer_config_prediction_type(tmp_path):
+    from inverse_painting.core.loading import WeightFileError, read_renderer_config
+
+    assert read_renderer_config(None)["prediction_type"] == "epsilon"  # the release's config has no such key
+    p = tmp_path / "config.yaml"
+    p.write_text("use_PE: true\nPE_type: abs\nprediction_type: v_prediction\n")
+    assert read_renderer_config(p)["prediction_type"] == "v_prediction"
+    p.write_text("PE_type: abs\nprediction_type: sample\n")
+    with pytest.raises(WeightFileError):
+        read_renderer_config(p)

@@ -118,15 +118,22 @@ def test_stages_retrain_part_of_a_build(starter, tmp_path):
     shutil.copytree(starter.with_name(starter.name + ".work"), work)
     (out / "TP_llava" / "model.safetensors").unlink()
     (work / "runs" / "text" / "TP_llava" / "model.safetensors").unlink()  # nothing left to resume from
-    # a record written before an option existed counts as that option's default
-    rec = json.loads((out / "starter.json").read_text())
-    del rec["options"]["cache_latents"]
-    (out / "starter.json").write_text(json.dumps(rec))
     args = ["--out", str(out), "--smoke", "--seed", "0", "--device", "cpu", "--stages", "text"]
+    # a record written before the renderer options existed holds what builds did then (epsilon, no cache,
+    # no target pairs): the current recipe's renderer differs, so only a renderer retrain may reuse it
+    rec = json.loads((out / "starter.json").read_text())
+    older = {**rec, "options": {k: v for k, v in rec["options"].items()
+                                if k not in ("cache_latents", "renderer_prediction", "target_pairs")}}
+    (out / "starter.json").write_text(json.dumps(older))
+    with pytest.raises(SystemExit, match="cache-latents .*renderer"):
+        st.main(args)
+    (out / "starter.json").write_text(json.dumps(rec))
     with pytest.raises(SystemExit, match="steps-mask"):
         st.main(args + ["--steps-mask", "7"])
-    with pytest.raises(SystemExit, match="cache-latents"):
-        st.main(args + ["--cache-latents"])
+    for changed, name in ((["--no-cache-latents"], "cache-latents"), (["--target-pairs", "0"], "target-pairs"),
+                          (["--renderer-prediction", "epsilon"], "renderer-prediction")):
+        with pytest.raises(SystemExit, match=name):
+            st.main(args + changed)
     with pytest.raises(SystemExit, match="unknown stage"):
         st.main(args[:-1] + ["texts"])
     assert st.main(args + ["--steps-text", "9"]) == 0

@@ -208,3 +208,84 @@ def test_latent_cache_encodes_each_frame_once(tiny_release):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     torch.testing.assert_close(base.encode(x[:2], g1, ["a", "b"]), base.encode(x[:2], g2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lpips_metric():
+    from inverse_painting.models.lpips_net import load_perceptual_metric
+
+    return load_perceptual_metric("stlpips_alex")  # ships with the stlpips-pytorch wheel
+
+
+def test_target_pairs_end_on_the_finished_painting(synth_data, lpips_metric):
+    from inverse_painting.training.raw_layout import WHITE, frame_seconds
+    from inverse_painting.training.trainers.data import PairDataset
+
+    plain = PairDataset(synth_data, "train", metric=lpips_metric, need_target_mask=True)
+    always = PairDataset(synth_data, "train", metric=lpips_metric, need_target_mask=False, target_pair_prob=1.0)
+    b = always.sample(torch.Generator().manual_seed(0), 4)
+    for i, idx in enumerate(b["index"]):
+        rec, ref = always.records[idx], plain[idx]
+        torch.testing.assert_close(b["next"][i], ref["target"], rtol=0, atol=0)
+        assert b["next_id"][i] == ref["target_id"]
+        assert b["interval"][i] == frame_seconds(rec.target) - (0.0 if rec.cur == WHITE else frame_seconds(rec.cur))
+        torch.testing.assert_close(b["mask_next"][i], ref["mask_target"], rtol=0, atol=0)  # LPIPS(cur, target) > 0.2
+        assert b["text"][i] == ref["text"]
+    # p = 0 draws the same stream as before the option existed; 0 < p < 1 mixes both kinds
+    assert PairDataset(synth_data, "train", metric=lpips_metric, need_target_mask=False).sample(
+        torch.Generator().manual_seed(5), 6)["index"] == _indices(plain, 5, 6)
+    half = PairDataset(synth_data, "train", metric=lpips_metric, need_target_mask=False, target_pair_prob=0.5)
+    b = half.sample(torch.Generator().manual_seed(1), 16)
+    to_target = [bool(torch.equal(b["next"][i], half[idx]["target"])) and half.records[idx].next != half.records[idx].target
+                 for i, idx in enumerate(b["index"])]
+    assert any(to_target) and not all(to_target)
+
+
+def _indices(ds, seed, n):
+    """The pair indices ``PairDataset.sample`` draws without target pairs: one randint, then the drop flags."""
+    from inverse_painting.training.trainers.data import DROP_FLAGS
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        out.append(int(torch.randint(len(ds), (1,), generator=g)))
+        torch.rand(len(DROP_FLAGS), generator=g)
+    return out
+
+
+def test_v_prediction_renderer_trains_and_renders_through_the_conversion(tiny_release, synth_data, tmp_path):
+    import yaml
+
+    from inverse_painting.core.model_set import ModelSet
+    from inverse_painting.core.renderer import Renderer
+    from inverse_painting.core.guidance import GuidanceScales
+
+    out = tmp_path / "out"
+    res = _train("renderer", _cfg("renderer", data=str(synth_data), base=str(tiny_release), out=str(out), steps=120,
+                                  prediction_type="v_prediction", target_pair_prob=0.5))
+    _loss_falls(res["losses"], "v-prediction renderer")
+    assert yaml.safe_load((out / "renderer" / "config.yaml").read_text())["prediction_type"] == "v_prediction"
+    models = ModelSet.from_release(out)
+    assert models.config["prediction_type"] == "v_prediction"
+    r = Renderer(models)
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    canvas = np.full_like(target, 255)
+    mask = torch.ones(1, 1, 64, 96)
+    conds = r.conditions(r.prepare_target(target), canvas, mask, "sky", 20.0)
+    scales = GuidanceScales(1.0, 0.0, 0.0, 0.0, 0.0)  # the image branch alone (reference + next-CLIP token)
+    den = r.denoiser(conds, scales)
+    sigma = 3.0
+    x = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(0)) * (1 + sigma**2) ** 0.5
+    x0 = den(x, torch.tensor([sigma]))
+    # the same x0 from the scheduler's own v-prediction formula: x0 = sqrt(a) x_t - sqrt(1 - a) v
+    a = 1.0 / (1 + sigma**2)
+    x_t = x * a**0.5
+    t = torch.full((1,), r.schedule.timestep(sigma))
+    with torch.no_grad():
+        v = models.renderer.unet(x_t, t, conds.context_batch((1,)), conds.canvas_batch((1,)), conds.banks,
+                                 torch.tensor([True]))
+    torch.testing.assert_close(x0, a**0.5 * x_t - (1 - a) ** 0.5 * v, rtol=1e-4, atol=1e-4)
+    # read as epsilon, the same weights give another estimate: the config is what decides
+    models.config["prediction_type"] = "epsilon"
+    assert not torch.allclose(r.denoiser(conds, scales)(x, torch.tensor([sigma])), x0, atol=1e-3)

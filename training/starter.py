@@ -15,7 +15,10 @@ Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>
 4. ``train-vae``: a small AutoencoderKL (``--vae-widths``; training/trainers/vae.py), L1 + small KL
    (+ ``--vae-perceptual`` x stlpips_alex); its ``scaling_factor`` = 1 / latent std; goes into ``base/vae``;
 5. ``train-mask``: the mask generator (RP) from scratch (training/trainers/mask_generator.py);
-6. ``train-renderer``: renderer UNet + ReferenceNet + adapters from scratch (``--init random``);
+6. ``train-renderer``: renderer UNet + ReferenceNet + adapters from scratch (``--init random``), as
+   v-prediction (``--renderer-prediction``) with a share of pairs ending on the finished painting
+   (``--target-pairs``): trained like the release (epsilon, consecutive pairs), this small renderer learned
+   to ignore the target (see training/trainers/renderer.py);
 7. text generator: a tiny LLaVA (LLaMA text model + CLIP vision tower, llava-hf layout) with a SentencePiece
    tokenizer trained on the prompt template and the instruction vocabulary, randomly initialised, then
    trained with the text trainer (LoRA + projector + the vision tower, which is random here, merged at
@@ -50,13 +53,15 @@ PRESETS = {
     # 32,64,64,64 VAE + 32,64,64,128 UNets: ~34 MiB with fp16 renderer/RP checkpoints (limit 40 MiB)
     # sized to train in ~70 min on 2 CPU cores with --jobs 2 (both lanes take about an hour)
     "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, vae_perceptual=1.0,
-                 steps_vae=3000, steps_mask=5000, steps_renderer=4000, steps_text=20000,
+                 steps_vae=3000, steps_mask=5000, steps_renderer=8000, steps_text=20000,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
-                 batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-4, lr_text=5e-4),
+                 batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
+                 renderer_prediction="v_prediction", target_pairs=0.25, cache_latents=True),
     "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0,
                   steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
-                  batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3),
+                  batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3,
+                  renderer_prediction="v_prediction", target_pairs=0.25, cache_latents=True),
 }
 
 
@@ -70,9 +75,12 @@ STAGES = ("vae", "text", "mask", "renderer")
 STAGE_OPTIONS = {
     "vae": {"steps_vae", "lr_vae", "batch_vae", "vae_widths", "vae_kl", "vae_perceptual", "vae_crop"},
     "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r"},
-    "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context", "cache_latents"},
-    "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents"},
+    "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context"},
+    "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents",
+                 "renderer_prediction", "target_pairs"},
 }
+# options added after the first builds, with what a build recorded before them did
+_BEFORE_OPTION = {"cache_latents": False, "renderer_prediction": "epsilon", "target_pairs": 0.0}
 _RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
 # where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
 _STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "text": ("runs/text", "llava_tokenizer", "llava_init"),
@@ -297,7 +305,8 @@ def write_model_card(out: Path, rec: dict) -> None:
     if rec.get("retrained"):
         retrained = (f"\nThis folder was last rebuilt with `--stages {','.join(rec['retrained'])}` on the work folder of a "
                      "full build with the same options (data and the other networks reused). Every stage is seeded from "
-                     "`--seed`, so the command above builds the same weights in one go.\n")
+                     "`--seed`, so the command above builds the same weights in one go (on a CPU: with the same number "
+                     "of threads per stage).\n")
     text = f"""# Inverse Painting starter model ({'smoke preset' if o['smoke'] else 'starter recipe'})
 
 A small model trained **only on synthetic painting processes** by the pack's training kit, so that the nodes
@@ -331,6 +340,7 @@ Reproduce (seeded, CPU or GPU):
   (decode of the posterior mean, whole frames).
 - Renderer / RP UNets: widths {o['unet_widths']}, cross-attention {o['context']}; text encoder and CLIP vision
   are small **random frozen** CLIP models (byte-level tokenizer) of width {o['context']}.
+- Renderer objective: {_renderer_recipe(o)}.
 - Text generator: LLaMA {o['text_hidden']} wide x 2 layers + CLIP ViT 224/32, SentencePiece tokenizer from the
   instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector + the vision tower (random at the
   start: frozen, as in the release recipe, the text generator collapsed to one or two answers), merged, fp16.
@@ -383,6 +393,16 @@ model decodes.
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
 
 
+def _renderer_recipe(o: dict) -> str:
+    """The renderer's training objective in words (options missing from older records: what builds did then)."""
+    o = {**_BEFORE_OPTION, **o}
+    pred = ("**v-prediction** (`prediction_type: v_prediction` in `renderer/config.yaml`; the release predicts "
+            "epsilon)" if o["renderer_prediction"] == "v_prediction" else "epsilon-prediction, as the release")
+    pairs = (f"{o['target_pairs']:g} of the pairs end on the finished painting (`--target-pairs`; the release "
+             "uses consecutive keyframes only)" if float(o["target_pairs"]) > 0 else "consecutive keyframe pairs, as the release")
+    return f"{pred}; {pairs}; lr {o['lr_renderer']:g} (cosine), batch {o['batch_size']}"
+
+
 def rewrite_card(out, evaluation: dict | None = None) -> dict:
     """Re-render MODEL_CARD.md from ``starter.json`` (optionally recording an evaluation first)."""
     import shlex
@@ -425,9 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-hidden", type=int)
     p.add_argument("--text-lora-r", type=int, default=0, help="0 = the text model's hidden size")
     p.add_argument("--vae-crop", type=int, help="square crop of the VAE's training frames (px; default --size)")
-    p.add_argument("--cache-latents", action="store_true",
-                   help="mask generator and renderer keep each frame's VAE posterior after its first encode (~1.5x "
-                        "faster renderer steps on CPU); same statistics, but not the weights of a build without it")
+    p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
+                   help="the renderer keeps each frame's VAE posterior after its first encode (~1.5x faster steps on "
+                        "CPU; full preset: on); same statistics, but not the weights of a build without it")
+    p.add_argument("--renderer-prediction", choices=["epsilon", "v_prediction"],
+                   help="what the renderer UNet predicts (the release: epsilon; full preset: v_prediction, written "
+                        "to renderer/config.yaml): a small renderer trained from scratch on epsilon learns to "
+                        "ignore the target")
+    p.add_argument("--target-pairs", type=float,
+                   help="share of renderer training pairs whose next frame is the finished painting (0 = the "
+                        "release's consecutive pairs only; full preset 0.25)")
     p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
                    help="2 = train in two processes: [VAE -> renderer] next to [text -> mask]")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process with --jobs 2 (0 = cores / 2)")
@@ -476,8 +503,8 @@ def previous_build(out: Path, work: Path, o: dict) -> dict:
     retrained = set(o["stages"])
     parser = build_parser()
     for k in sorted((set(o) | set(prev["options"])) - _RUNTIME_OPTIONS - {"out", "work"}):
-        # an option newer than the previous build's record had its default value there
-        before = prev["options"].get(k, parser.get_default(k))
+        # an option newer than the previous build's record: what builds did before it existed
+        before = prev["options"].get(k, _BEFORE_OPTION.get(k, parser.get_default(k)))
         if o.get(k) == before:
             continue
         owners = {s for s in STAGES if k in STAGE_OPTIONS[s]}
@@ -555,14 +582,15 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
     elif name == "mask":
         res = mask_generator.train(TrainConfig(data=str(data), base=str(skel), out=str(runs / "rp"),
                                                steps=o["steps_mask"], lr=o["lr_mask"], batch_size=o["batch_size"],
-                                               complete_release=False, cache_latents=o["cache_latents"],
-                                               **common))
+                                               complete_release=False, **common))
         rec, model = {}, res["model"]
     elif name == "renderer":
         res = renderer.train(RendererConfig(data=str(data), base=str(skel), out=str(runs / "renderer"),
                                             steps=o["steps_renderer"], lr=o["lr_renderer"], init="random",
                                             batch_size=o["batch_size"], complete_release=False,
-                                            cache_latents=o["cache_latents"], **common))
+                                            cache_latents=bool(o["cache_latents"]),
+                                            prediction_type=o["renderer_prediction"],
+                                            target_pair_prob=float(o["target_pairs"]), **common))
         rec, model = {}, res["model"]
     elif name == "text":
         tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))

@@ -15,6 +15,9 @@ One item is one (cur, next) pair of one target painting:
 * the CFG drop flags (spec 4.1), each True with probability ``drop_prob``: ``drop_image_embeds``,
   ``drop_time_step``, ``drop_feature``, ``drop_cur_cond``, ``drop_RP``.
 
+With ``target_pair_prob`` > 0 (not in the official recipe; see :meth:`PairDataset.target_pair`) a share of
+the sampled items end on the finished painting instead of the next frame.
+
 Unlike the official dataset (which ignores its index and draws a random video/target/pair), items are
 addressed by index, and ``sample(generator)`` draws a uniformly random pair plus the drop flags from a
 caller-supplied ``torch.Generator``. The trainers seed that generator from (seed, step, rank), so an
@@ -31,7 +34,7 @@ import torch
 
 from ...core.difference_mask import DIFFERENCE_THRESHOLD
 from ..ground_truth import processed_name
-from ..raw_layout import WHITE, iter_pairs, load_frame, read_labels
+from ..raw_layout import WHITE, frame_seconds, iter_pairs, load_frame, read_labels
 
 DROP_FLAGS = ("drop_image_embeds", "drop_time_step", "drop_feature", "drop_cur_cond", "drop_RP")
 CLIP_WHITE_SIZE = 224
@@ -69,7 +72,8 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_root, split: str = "train", metric=None, threshold: float = DIFFERENCE_THRESHOLD,
                  drop_prob: float = 0.1, use_lpips_folder: bool = True, need_target_mask: bool = True,
-                 need_next_mask: bool = True, replicate_b11: bool = False, cache: bool = True):
+                 need_next_mask: bool = True, replicate_b11: bool = False, cache: bool = True,
+                 target_pair_prob: float = 0.0):
         self.root = os.fspath(data_root)
         split_root = os.path.join(self.root, split) if split else self.root
         if not os.path.isdir(os.path.join(split_root, "rgb")) and os.path.isdir(os.path.join(self.root, "rgb")):
@@ -89,6 +93,7 @@ class PairDataset(torch.utils.data.Dataset):
         if not self.records:
             raise FileNotFoundError(f"no (cur, next) pairs under {split_root}/rgb/*/last_aligned_frame_inv.json")
         self._cache: dict | None = {} if cache else None
+        self.target_pair_prob = float(target_pair_prob)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -163,6 +168,22 @@ class PairDataset(torch.utils.data.Dataset):
             item["mask_target"] = self._cached(("target", index), lambda: self._lpips_mask(cur_p, tgt_p))
         return item
 
+    def target_pair(self, index: int) -> dict:
+        """Item ``index`` with the finished painting as its ``next`` frame (a "target pair", not in the
+        official recipe): interval = target time - canvas time, GT mask = LPIPS(cur, target) > 0.2, the
+        text stays the pair's own next instruction."""
+        rec = self.records[int(index)]
+        item = self[index]
+        item["next"], item["next_id"] = item["target"], item["target_id"]
+        start = 0.0 if rec.cur == WHITE else frame_seconds(rec.cur)
+        item["interval"] = frame_seconds(rec.target) - start
+        if self.need_next_mask:
+            def target_mask():
+                target = load_frame(rec.video_dir, rec.target)
+                return self._lpips_mask(pad16(load_frame(rec.video_dir, rec.cur, like=target)), pad16(target))
+            item["mask_next"] = self._cached(("target", int(index)), target_mask)
+        return item
+
     def drop_flags(self, generator: torch.Generator | None = None) -> dict[str, bool]:
         u = torch.rand(len(DROP_FLAGS), generator=generator)
         return {k: bool(v < self.drop_prob) for k, v in zip(DROP_FLAGS, u)}
@@ -172,7 +193,9 @@ class PairDataset(torch.utils.data.Dataset):
         items = []
         for _ in range(batch_size):
             idx = int(torch.randint(len(self), (1,), generator=generator))
-            item = self[idx]
+            # the extra draw only when target pairs are on: the default stream stays as it was
+            to_target = self.target_pair_prob > 0 and float(torch.rand(1, generator=generator)) < self.target_pair_prob
+            item = self.target_pair(idx) if to_target else self[idx]
             item.update(self.drop_flags(generator))
             items.append(item)
         return collate(items)

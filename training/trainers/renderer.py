@@ -14,6 +14,14 @@ adapter(CLIP(cur), CLIP(target)) zeroed if drop_image_embeds; PE zeroed if drop_
 drop_feature; context [e_next, PE, text] (79 tokens); ReferenceNet banks at t=0 with context e_target;
 loss = MSE(eps_hat, eps). No reference dropout in training (as officially).
 
+Two options the release does not have (defaults = the release's recipe), used by the starter model:
+``--prediction-type v_prediction`` trains the UNet to predict v = sqrt(a) eps - sqrt(1 - a) z0 (written to
+``renderer/config.yaml``; inference converts it back to eps, core/schedule.py). A small renderer trained from
+scratch on epsilon learned to ignore the target: its high-noise estimates (where the layout and colours are
+decided) are eps/sqrt(a) amplified and it never got them precise enough. ``--target-pair-prob p`` makes a
+share p of the pairs end on the finished painting (interval = the time left, GT mask LPIPS(cur, target) >
+0.2): every such pair is a dense signal to read the target.
+
 Output: ``<out>/renderer/ckpt/checkpoint-global_step-N.ckpt`` with unet_state_dict,
 referencenet_state_dict, cur_image_guider_state_dict, PE_state_dict, image_adpater_state_dict
 (+ .safetensors) and ``<out>/renderer/config.yaml``.
@@ -29,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.loading import find_release, read_checkpoint
+from ...core.schedule import PREDICTION_TYPES
 from ...models.feature_encoder import CanvasFeatureEncoder
 from ...models.next_clip import NextClipPredictor
 from ...models.referencenet import ReferenceNet
@@ -43,6 +52,8 @@ NUM_TRAIN_TIMESTEPS = 1000
 @dataclass
 class RendererConfig(TrainConfig):
     init: str = "auto"  # auto | base | renderer | random
+    target_pair_prob: float = 0.0  # share of pairs whose next frame is the finished painting (0 = official)
+    prediction_type: str = "epsilon"  # epsilon (official) | v_prediction
 
 
 def train_scheduler():
@@ -114,7 +125,8 @@ def _sd(m):
     return {k: v.detach().float().cpu().clone() for k, v in m.state_dict().items()}
 
 
-def export_renderer(out: Path, model: RendererTrainable, step: int, renderer_config: dict, safetensors: bool = True) -> Path:
+def export_renderer(out: Path, model: RendererTrainable, step: int, renderer_config: dict, safetensors: bool = True,
+                    prediction_type: str = "epsilon") -> Path:
     out = Path(out)
     path = save_official(out / "renderer" / "ckpt" / f"checkpoint-global_step-{step}.ckpt",
                          {"epoch": 0, "global_step": int(step), "unet_state_dict": _sd(model.unet.unet),
@@ -124,18 +136,25 @@ def export_renderer(out: Path, model: RendererTrainable, step: int, renderer_con
     import yaml
 
     keys = ("use_PE", "PE_type", "PE_time_interval", "PE_time_max", "use_TP", "is_train_text_encoder")
-    (out / "renderer" / "config.yaml").write_text(yaml.safe_dump({k: renderer_config[k] for k in keys}, sort_keys=False))
+    cfg = {k: renderer_config[k] for k in keys}
+    if prediction_type != "epsilon":  # the release's config has no such key: absent = epsilon
+        cfg["prediction_type"] = prediction_type
+    (out / "renderer" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
 def train(cfg: RendererConfig) -> dict:
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {cfg.prediction_type!r}: expected one of {PREDICTION_TYPES}")
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     base = load_base(cfg.base, need_clip=True).to(accelerator.device)
     base.latent_cache = {} if cfg.cache_latents else None
-    data = PairDataset(cfg.data, cfg.split, metric=None, drop_prob=cfg.drop_prob, need_target_mask=False)
-    if not any((Path(data.split_root) / "lpips").glob("*/*.jpg")):
-        data.metric = load_metric(cfg, base).to(accelerator.device)  # no lpips/ folder: compute on the fly
+    data = PairDataset(cfg.data, cfg.split, metric=None, drop_prob=cfg.drop_prob, need_target_mask=False,
+                       target_pair_prob=cfg.target_pair_prob)
+    # no lpips/ folder, or target pairs (their masks are not in it): compute the GT masks on the fly
+    if cfg.target_pair_prob > 0 or not any((Path(data.split_root) / "lpips").glob("*/*.jpg")):
+        data.metric = load_metric(cfg, base).to(accelerator.device)
     clip_dim = int(base.clip_vision.config.hidden_size)
     model = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs)
     used = model.initialise(cfg.init, base.base_dir, base.release_root)
@@ -164,12 +183,14 @@ def train(cfg: RendererConfig) -> dict:
         text = base.encode_text(texts)
         unwrapped = acc.unwrap_model(m)
         pe_x = unwrapped.pe.interval_to_x(b["interval"], dtype=torch.float32, device=dev)
-        eps = m(noisy, t, z_ref, torch.cat([canvas, mask], 1), e_cur, e_tgt, pe_x, text,
-                {k: b[k] for k in ("drop_image_embeds", "drop_time_step")}, acc)
-        return F.mse_loss(eps, noise)
+        pred = m(noisy, t, z_ref, torch.cat([canvas, mask], 1), e_cur, e_tgt, pe_x, text,
+                 {k: b[k] for k in ("drop_image_embeds", "drop_time_step")}, acc)
+        if cfg.prediction_type == "v_prediction":
+            return F.mse_loss(pred, sched.get_velocity(z0, noise, t))
+        return F.mse_loss(pred, noise)
 
     def export_fn(m, step):
-        export_renderer(out, m, step, base.renderer_config, cfg.safetensors)
+        export_renderer(out, m, step, base.renderer_config, cfg.safetensors, cfg.prediction_type)
         if cfg.complete_release:
             link_release_parts(out, base.release_root, ("base", "clip", "lpips", "RP", "TP_llava"))
 
