@@ -240,9 +240,12 @@ def read_renderer_config(path: Path | None) -> dict:
 
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         cfg.update({k: loaded[k] for k in loaded})
-    if cfg.setdefault("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+    from .schedule import PREDICTION_TYPES
+
+    # not a key of the release's config (epsilon); the starter model writes v_prediction
+    if cfg.setdefault("prediction_type", "epsilon") not in PREDICTION_TYPES:
         raise WeightFileError(f"renderer config: prediction_type {cfg['prediction_type']!r} is not supported "
-                              "(epsilon or v_prediction)")
+                              f"({' or '.join(PREDICTION_TYPES)})")
     if cfg.get("PE_type") != "abs":
         raise WeightFileError(f"renderer config: PE_type {cfg.get('PE_type')!r} is not supported (only 'abs')")
     return cfg

@@ -60,6 +60,7 @@ def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray,
     ctx = conds.contexts[[3, 3, 3]]
     feats = conds.canvas_features[[2, 1, 2]]
     use_ref = torch.tensor([True, True, False], device=ctx.device)
+    prediction = models.config.get("prediction_type", "epsilon")
     out = {}
     for sigma in sigmas:
         s = float(sigma)
@@ -68,7 +69,7 @@ def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray,
         x_in = (x / (s**2 + 1) ** 0.5).to(ctx.dtype).repeat(3, 1, 1, 1)
         t = torch.full((3,), renderer.schedule.timestep(s), device=ctx.device, dtype=torch.float32)
         eps = eps_from_output(renderer.nets.unet(x_in, t, ctx, feats, conds.banks, use_ref), x_in, s,
-                              models.config.get("prediction_type", "epsilon")).float()
+                              prediction).float()
         x0 = x - s * eps
 
         def err(pred):
@@ -79,8 +80,7 @@ def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray,
         if other is not None:
             one = x_in[:1]
             o_eps = eps_from_output(renderer.nets.unet(one, t[:1], other.contexts[[3]], other.canvas_features[[2]],
-                                                       other.banks, use_ref[:1]), one, s,
-                                    models.config.get("prediction_type", "epsilon")).float()
+                                                       other.banks, use_ref[:1]), one, s, prediction).float()
             out[s]["other_target"] = err(x - s * o_eps)
     return out
 
