@@ -51,7 +51,7 @@ METRIC = "stlpips_alex"
 # full recipe and micro ("--smoke") presets; command-line options override them
 PRESETS = {
     # 32,64,64,64 VAE + 32,64,64,128 UNets: ~34 MiB with fp16 renderer/RP checkpoints (limit 40 MiB)
-    # sized to train in ~70 min on 2 CPU cores with --jobs 2 (both lanes take about an hour)
+    # sized to train in ~75 min on 2 CPU cores with --jobs 2 (VAE + renderer lane ~70 min, text + mask ~45 min)
     "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, vae_perceptual=1.0,
                  steps_vae=3000, steps_mask=5000, steps_renderer=8000, steps_text=20000,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
