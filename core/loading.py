@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .schedule import PREDICTION_TYPES
+
 RENDERER_PARTS = ("unet_state_dict", "referencenet_state_dict", "cur_image_guider_state_dict",
                   "PE_state_dict", "image_adpater_state_dict")
 MASK_PARTS = ("RP_state_dict", "PE_state_dict")
@@ -240,8 +242,6 @@ def read_renderer_config(path: Path | None) -> dict:
 
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         cfg.update({k: loaded[k] for k in loaded})
-    from .schedule import PREDICTION_TYPES
-
     # not a key of the release's config (epsilon); the starter model writes v_prediction
     if cfg.setdefault("prediction_type", "epsilon") not in PREDICTION_TYPES:
         raise WeightFileError(f"renderer config: prediction_type {cfg['prediction_type']!r} is not supported "

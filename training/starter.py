@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..core.loading import STARTER_PAINT_DEFAULTS
+from ..core.schedule import PREDICTION_TYPES
 
 METRIC = "stlpips_alex"
 
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
                    help="the renderer keeps each frame's VAE posterior after its first encode (~1.5x faster steps on "
                         "CPU; full preset: on); same statistics, but not the weights of a build without it")
-    p.add_argument("--renderer-prediction", choices=["epsilon", "v_prediction"],
+    p.add_argument("--renderer-prediction", choices=list(PREDICTION_TYPES),
                    help="what the renderer UNet predicts (the release: epsilon; full preset: v_prediction, written "
                         "to renderer/config.yaml): a small renderer trained from scratch on epsilon learns to "
                         "ignore the target")

@@ -46,9 +46,10 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0  # 0 = off; > 0: EMA weights are exported
-    # keep each frame's VAE posterior in memory after its first encode (renderer and mask generator);
-    # the same draws, up to the encoder's last bits (see BaseParts.posterior). Held on the training device: 8 * 4 * (h/8) * (w/8) bytes per frame
-    # (~130 KB at 512 px): for the starter's few thousand frames, not for a large video dataset
+    # keep each frame's VAE posterior in memory after its first encode (renderer and mask generator); the
+    # same draws, up to the encoder's last bits (see BaseParts.posterior). Held on the training device:
+    # 8 * 4 * (h/8) * (w/8) bytes per frame (~130 KB at 512 px): for the starter's few thousand frames, not
+    # for a large video dataset
     cache_latents: bool = False
     save_state_every: int = 0  # accelerate state (resume); 0 = only at the end
     checkpoint_every: int = 0  # official-layout checkpoint; 0 = only at the end

@@ -15,7 +15,7 @@ One item is one (cur, next) pair of one target painting:
 * the CFG drop flags (spec 4.1), each True with probability ``drop_prob``: ``drop_image_embeds``,
   ``drop_time_step``, ``drop_feature``, ``drop_cur_cond``, ``drop_RP``.
 
-With ``target_pair_prob`` > 0 (not in the official recipe; see :meth:`PairDataset.target_pair`) a share of
+With ``target_pair_prob`` > 0 (not in the official recipe; see :meth:`PairDataset.item`) a share of
 the sampled items end on the finished painting instead of the next frame.
 
 Unlike the official dataset (which ignores its index and draws a random video/target/pair), items are
@@ -144,44 +144,44 @@ class PairDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ items
     def __getitem__(self, index: int) -> dict:
-        rec = self.records[int(index)]
+        return self.item(index)
+
+    def item(self, index: int, to_target: bool = False) -> dict:
+        """Pair ``index``; ``to_target`` makes it a "target pair" (not in the official recipe): the finished
+        painting is its ``next`` frame, interval = target time - canvas time, GT mask = LPIPS(cur, target) >
+        0.2, and the text stays the pair's own next instruction."""
+        index = int(index)
+        rec = self.records[index]
         target = load_frame(rec.video_dir, rec.target)
         cur = load_frame(rec.video_dir, rec.cur, like=target)
-        nxt = load_frame(rec.video_dir, rec.next, like=target)
+        next_name = rec.target if to_target else rec.next
+        nxt = target if to_target else load_frame(rec.video_dir, rec.next, like=target)
         if not (cur.shape == nxt.shape == target.shape):
             raise ValueError(f"{rec}: frame sizes differ {cur.shape} {nxt.shape} {target.shape}")
         cur_p, nxt_p, tgt_p = pad16(cur), pad16(nxt), pad16(target)
+        interval = rec.interval
+        if to_target:
+            interval = frame_seconds(rec.target) - (0.0 if rec.cur == WHITE else frame_seconds(rec.cur))
         item = {"cur": to_m11(cur_p), "next": to_m11(nxt_p), "target": to_m11(tgt_p),
                 "cur_u8": (np.full((CLIP_WHITE_SIZE, CLIP_WHITE_SIZE, 3), 255, np.uint8)
                            if rec.cur == WHITE else cur),
-                "target_u8": target, "interval": rec.interval, "text": self.text_for(rec),
-                "index": int(index), "hw": tuple(target.shape[:2]),
+                "target_u8": target, "interval": interval, "text": self.text_for(rec),
+                "index": index, "hw": tuple(target.shape[:2]),
                 # names of the three frames: keys of the trainers' VAE latent cache
-                "cur_id": f"{rec.video_dir}/{rec.cur}", "next_id": f"{rec.video_dir}/{rec.next}",
+                "cur_id": f"{rec.video_dir}/{rec.cur}", "next_id": f"{rec.video_dir}/{next_name}",
                 "target_id": f"{rec.video_dir}/{rec.target}"}
+
+        def target_mask():
+            return self._lpips_mask(cur_p, tgt_p)
+
         if self.need_next_mask:
             def next_mask():
                 m = self._folder_mask(rec, cur_p.shape[:2])
                 return m if m is not None else self._lpips_mask(cur_p, nxt_p)
-            item["mask_next"] = self._cached(("next", index), next_mask)
+            item["mask_next"] = self._cached(("target", index), target_mask) if to_target else \
+                self._cached(("next", index), next_mask)
         if self.need_target_mask:
-            item["mask_target"] = self._cached(("target", index), lambda: self._lpips_mask(cur_p, tgt_p))
-        return item
-
-    def target_pair(self, index: int) -> dict:
-        """Item ``index`` with the finished painting as its ``next`` frame (a "target pair", not in the
-        official recipe): interval = target time - canvas time, GT mask = LPIPS(cur, target) > 0.2, the
-        text stays the pair's own next instruction."""
-        rec = self.records[int(index)]
-        item = self[index]
-        item["next"], item["next_id"] = item["target"], item["target_id"]
-        start = 0.0 if rec.cur == WHITE else frame_seconds(rec.cur)
-        item["interval"] = frame_seconds(rec.target) - start
-        if self.need_next_mask:
-            def target_mask():
-                target = load_frame(rec.video_dir, rec.target)
-                return self._lpips_mask(pad16(load_frame(rec.video_dir, rec.cur, like=target)), pad16(target))
-            item["mask_next"] = self._cached(("target", int(index)), target_mask)
+            item["mask_target"] = self._cached(("target", index), target_mask)
         return item
 
     def drop_flags(self, generator: torch.Generator | None = None) -> dict[str, bool]:
@@ -195,7 +195,7 @@ class PairDataset(torch.utils.data.Dataset):
             idx = int(torch.randint(len(self), (1,), generator=generator))
             # the extra draw only when target pairs are on: the default stream stays as it was
             to_target = self.target_pair_prob > 0 and float(torch.rand(1, generator=generator)) < self.target_pair_prob
-            item = self.target_pair(idx) if to_target else self[idx]
+            item = self.item(idx, to_target)
             item.update(self.drop_flags(generator))
             items.append(item)
         return collate(items)
