@@ -246,6 +246,10 @@ def read_renderer_config(path: Path | None) -> dict:
     if cfg.setdefault("prediction_type", "epsilon") not in PREDICTION_TYPES:
         raise WeightFileError(f"renderer config: prediction_type {cfg['prediction_type']!r} is not supported "
                               f"({' or '.join(PREDICTION_TYPES)})")
+    # nor is this one (the starter's renderer sets it; models/reference_attention.py)
+    if not isinstance(cfg.setdefault("reference_position_encoding", False), bool):
+        raise WeightFileError("renderer config: reference_position_encoding must be true or false, "
+                              f"not {cfg['reference_position_encoding']!r}")
     if cfg.get("PE_type") != "abs":
         raise WeightFileError(f"renderer config: PE_type {cfg.get('PE_type')!r} is not supported (only 'abs')")
     return cfg

@@ -116,7 +116,7 @@ class ModelSet:
             require_parts(ckpt, RENDERER_PARTS, "renderer", paths.renderer)
             unet_sd = ckpt["unet_state_dict"]
             ucfg = unet_config_for(unet_sd, base_unet)
-            unet = _build_on_meta(lambda: RendererUNet(ucfg))
+            unet = _build_on_meta(lambda: RendererUNet(ucfg, config["reference_position_encoding"]))
             load_checked(unet.unet, unet_sd, f"renderer UNet ({paths.renderer.name})", assign=True)
             refnet = _build_on_meta(lambda: ReferenceNet(ucfg))
             load_checked(refnet.unet, ckpt["referencenet_state_dict"], f"ReferenceNet ({paths.renderer.name})", assign=True)

@@ -8,8 +8,16 @@ Implemented as diffusers attention processors on ``attn1`` of every transformer 
   result is mathematically identical and this costs about a quarter fewer FLOPs.
 Batch elements flagged ``False`` in ``ReferenceState.use_reference`` (the fully unconditional CFG branch)
 get plain self-attention, as in the release.
+
+Optional position encoding (not in the release; renderer config ``reference_position_encoding``): a fixed
+2-D sin/cos code of each token's grid cell is added to the renderer's attn1 tokens and to the bank it
+reads, so a query can find the reference tokens at its own place. Neither network has any other notion
+of position; a pretrained SD UNet copes, but a small renderer trained from scratch otherwise only takes
+the target's colours, not its layout (see ``evaluation.renderer_probe``'s no_reference column).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
@@ -27,6 +35,7 @@ class ReferenceState:
         self.mode = "off"  # "write", "read" or "off"
         self.use_reference: torch.Tensor | None = None  # (B,) bool, read mode
         self.stop_after_count: int | None = None  # write mode: stop once this many banks are written
+        self.position_hw: tuple[int, int] | None = None  # latent (h, w) while position encoding is on
 
     def clear(self):
         self.banks.clear()
@@ -42,6 +51,11 @@ class ReferenceAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         state = self.state
+        pos = None
+        if state.position_hw is not None and state.mode != "write":
+            pos = position_code(hidden_states.shape[1], hidden_states.shape[2], state.position_hw,
+                                hidden_states.device, hidden_states.dtype)
+            hidden_states = hidden_states + pos
         if state.mode == "write":
             state.banks[self.name] = hidden_states  # kept differentiable for training
             if state.stop_after_count is not None and len(state.banks) >= state.stop_after_count:
@@ -51,6 +65,8 @@ class ReferenceAttnProcessor:
             batch = hidden_states.shape[0]
             if bank.shape[0] != batch:
                 bank = bank.expand(batch, -1, -1)
+            if pos is not None:
+                bank = bank + pos
             use = state.use_reference
             if use is None or bool(use.all()):
                 context = torch.cat([hidden_states, bank], dim=1)
@@ -64,6 +80,42 @@ class ReferenceAttnProcessor:
             out[plain] = self.inner(attn, hidden_states[plain], None, None, temb)
             return out
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def token_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a UNet level with ``tokens`` tokens: the latent size halved (rounding up, as the stride-2
+    downsamplers do) until it matches."""
+    h, w = latent_hw
+    while h * w > tokens:
+        h, w = (h + 1) // 2, (w + 1) // 2
+    if h * w != tokens:
+        raise ValueError(f"{tokens} tokens is no UNet level of a {latent_hw} latent")
+    return h, w
+
+
+_CODES: dict[tuple, torch.Tensor] = {}
+
+
+def position_code(tokens: int, dim: int, latent_hw: tuple[int, int], device, dtype) -> torch.Tensor:
+    """(1, tokens, dim) fixed 2-D sin/cos code: a quarter of the channels hold sin, a quarter cos of the
+    row, the other half the same of the column, at frequencies spaced geometrically from half a turn over
+    the whole grid (coarse place) to a quarter turn per cell (neighbours apart). Unused channels are 0."""
+    key = (tokens, dim, tuple(latent_hw), str(device), dtype)
+    code = _CODES.get(key)
+    if code is None:
+        h, w = token_grid(tokens, latent_hw)
+        n, pairs = max(h, w), dim // 4
+        steps = torch.arange(pairs, dtype=torch.float64) / max(pairs - 1, 1)
+        freqs = (math.pi / n) * (n / 2.0) ** steps
+        ys = torch.arange(h, dtype=torch.float64)[:, None] * freqs
+        xs = torch.arange(w, dtype=torch.float64)[:, None] * freqs
+        row = torch.cat([ys.sin(), ys.cos()], 1)[:, None, :].expand(h, w, 2 * pairs)
+        col = torch.cat([xs.sin(), xs.cos()], 1)[None, :, :].expand(h, w, 2 * pairs)
+        code = torch.zeros(h, w, dim, dtype=torch.float64)
+        code[..., : 4 * pairs] = torch.cat([row, col], -1)
+        code = code.reshape(1, tokens, dim).to(device=device, dtype=dtype)
+        _CODES[key] = code
+    return code
 
 
 def self_attention_blocks(unet) -> list[str]:

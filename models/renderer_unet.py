@@ -2,7 +2,9 @@
 
 1. Reference attention (see reference_attention.py): every attn1 reads the ReferenceNet bank of the
    block with the same name.
-2. The feature encoder's output (canvas + mask features, width = the UNet's first block width) is added
+2. Optionally (``position_encoding``, not in the release) a fixed position code on the attn1 tokens and
+   the banks (see reference_attention.py).
+3. The feature encoder's output (canvas + mask features, width = the UNet's first block width) is added
    to the output of ``conv_in`` (the release's "hack" UNet does ``conv_in(z) + latent_cur``).
 """
 from __future__ import annotations
@@ -15,9 +17,10 @@ from .reference_attention import ReferenceState, install_reference_processors
 
 
 class RendererUNet(nn.Module):
-    def __init__(self, unet_config: dict):
+    def __init__(self, unet_config: dict, position_encoding: bool = False):
         super().__init__()
         self.unet = UNet2DConditionModel.from_config(unet_config)
+        self.position_encoding = position_encoding
         self.state = ReferenceState()
         self.blocks = install_reference_processors(self.unet, self.state)
         self._canvas_features: torch.Tensor | None = None
@@ -43,6 +46,7 @@ class RendererUNet(nn.Module):
         """
         self._canvas_features = canvas_features
         state = self.state
+        state.position_hw = tuple(x.shape[-2:]) if self.position_encoding else None
         if banks is not None:
             state.banks, state.mode, state.use_reference = banks, "read", use_reference
         try:

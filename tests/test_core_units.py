@@ -124,3 +124,67 @@ def test_renderer_config_prediction_type(tmp_path):
     p.write_text("PE_type: abs\nprediction_type: sample\n")
     with pytest.raises(WeightFileError):
         read_renderer_config(p)
+
+
+def test_position_code_tells_cells_apart_at_every_unet_level():
+    """Each token's code is closest to its own cell's (so attention can route by place), at the grid of
+    every UNet level of an odd-sized latent; a token count that is no level is refused."""
+    from inverse_painting.models.reference_attention import position_code, token_grid
+
+    assert [token_grid(h * w, (20, 15)) for h, w in ((20, 15), (10, 8), (5, 4), (3, 2))] == \
+        [(20, 15), (10, 8), (5, 4), (3, 2)]
+    with pytest.raises(ValueError):
+        token_grid(7, (20, 15))
+    for hw in ((20, 15), (10, 8), (3, 2)):
+        n = hw[0] * hw[1]
+        code = position_code(n, 64, (20, 15), "cpu", torch.float64)[0]
+        assert code.shape == (n, 64)
+        gram = code @ code.T
+        assert torch.equal(gram.argmax(1), torch.arange(n))
+        assert (gram.diagonal()[:, None] - gram + torch.eye(n, dtype=gram.dtype) > 1e-6).all()
+
+
+def test_reference_position_encoding_makes_the_bank_read_depend_on_place():
+    """Without the code, attention over [tokens, bank] ignores where bank tokens sit (the release); with it,
+    the same bank tokens in another spatial order give another output."""
+    from inverse_painting.core.tiny_release import unet_config
+    from inverse_painting.models.renderer_unet import RendererUNet
+
+    outs = {}
+    for pe in (False, True):
+        torch.manual_seed(0)  # the same weights both times
+        unet = RendererUNet(dict(unet_config(), in_channels=4, out_channels=4), position_encoding=pe).eval()
+        torch.manual_seed(1)
+        x, ctx = torch.randn(1, 4, 8, 12), torch.randn(1, 3, unet.unet.config.cross_attention_dim)
+        shapes = {}  # each block's (tokens, width), from a plain forward
+
+        def record(name):
+            def hook(module, args):
+                shapes[name] = args[0].shape
+            return hook
+
+        hooks = [unet.unet.get_submodule(n).attn1.register_forward_pre_hook(record(n)) for n in unet.blocks]
+        with torch.no_grad():
+            unet(x, torch.tensor([500]), ctx)
+        for h in hooks:
+            h.remove()
+        torch.manual_seed(2)
+        banks = {n: torch.randn(1, *shapes[n][1:]) for n in unet.blocks}
+        flipped = {n: b.flip(1) for n, b in banks.items()}  # the same tokens, in reverse spatial order
+        with torch.no_grad():
+            outs[pe] = [unet(x, torch.tensor([500]), ctx, banks=b) for b in (banks, flipped)]
+    same = (outs[False][0] - outs[False][1]).abs().max()
+    moved = (outs[True][0] - outs[True][1]).abs().max()
+    assert same < 1e-4 and moved > 1e-2
+
+
+def test_renderer_config_reference_position_encoding(tmp_path):
+    from inverse_painting.core.loading import WeightFileError, read_renderer_config
+
+    assert read_renderer_config(None)["reference_position_encoding"] is False  # absent in the release
+    p = tmp_path / "config.yaml"
+    p.write_text("PE_type: abs\nreference_position_encoding: true\n")
+    assert read_renderer_config(p)["reference_position_encoding"] is True
+    p.write_text("PE_type: abs\nreference_position_encoding: sincos\n")
+    with pytest.raises(WeightFileError):
+        read_renderer_config(p)

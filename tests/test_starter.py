@@ -32,11 +32,15 @@ def _target(starter_dir):
 
 
 def test_layout_and_card(starter):
+    import yaml
+
     for part in ("renderer/config.yaml", "base/unet/config.json", "base/vae/config.json",
                  "base/vae/diffusion_pytorch_model.safetensors", "base/tokenizer", "base/text_encoder/model.safetensors",
                  "clip/model.safetensors", "TP_llava/config.json", "MODEL_CARD.md", "starter.json"):
         assert (starter / part).exists(), part
     assert list((starter / "renderer" / "ckpt").glob("checkpoint-global_step-*.safetensors"))
+    rcfg = yaml.safe_load((starter / "renderer" / "config.yaml").read_text())
+    assert rcfg["prediction_type"] == "v_prediction" and rcfg["reference_position_encoding"] is True  # the recipe
     assert list((starter / "RP").glob("checkpoint-global_step-*.safetensors"))
     weights = [p for p in starter.rglob("*") if p.suffix in (".ckpt", ".bin", ".pt", ".pth")]
     assert not weights, weights
@@ -123,7 +127,8 @@ def test_stages_retrain_part_of_a_build(starter, tmp_path):
     # no target pairs): the current recipe's renderer differs, so only a renderer retrain may reuse it
     rec = json.loads((out / "starter.json").read_text())
     older = {**rec, "options": {k: v for k, v in rec["options"].items()
-                                if k not in ("cache_latents", "renderer_prediction", "target_pairs")}}
+                                if k not in ("cache_latents", "renderer_prediction", "target_pairs",
+                                             "renderer_positions")}}
     (out / "starter.json").write_text(json.dumps(older))
     with pytest.raises(SystemExit, match="cache-latents .*renderer"):
         st.main(args)
@@ -131,7 +136,8 @@ def test_stages_retrain_part_of_a_build(starter, tmp_path):
     with pytest.raises(SystemExit, match="steps-mask"):
         st.main(args + ["--steps-mask", "7"])
     for changed, name in ((["--no-cache-latents"], "cache-latents"), (["--target-pairs", "0"], "target-pairs"),
-                          (["--renderer-prediction", "epsilon"], "renderer-prediction")):
+                          (["--renderer-prediction", "epsilon"], "renderer-prediction"),
+                          (["--no-renderer-positions"], "renderer-positions")):
         with pytest.raises(SystemExit, match=name):
             st.main(args + changed)
     with pytest.raises(SystemExit, match="unknown stage"):

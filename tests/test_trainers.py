@@ -71,6 +71,8 @@ def test_mask_generator_trains_and_loads(tiny_release, synth_data, tmp_path):
 
 
 def test_renderer_trains_loads_and_renders(tiny_release, synth_data, tmp_path):
+    import yaml
+
     from inverse_painting.core.model_set import ModelSet
     from inverse_painting.core.renderer import Renderer
     from inverse_painting.core.sampling import NoiseSource
@@ -80,8 +82,10 @@ def test_renderer_trains_loads_and_renders(tiny_release, synth_data, tmp_path):
     _loss_falls(res["losses"], "renderer")
     ck = out / "renderer" / "ckpt" / "checkpoint-global_step-120.ckpt"
     assert ck.is_file() and ck.with_suffix(".safetensors").is_file() and (out / "renderer" / "config.yaml").is_file()
+    written = yaml.safe_load((out / "renderer" / "config.yaml").read_text())
+    assert not {"prediction_type", "reference_position_encoding"} & set(written)  # the release's six keys only
     models = ModelSet.from_release(out)
-    assert models.renderer.step == 120
+    assert models.renderer.step == 120 and not models.renderer.unet.position_encoding
     torch.testing.assert_close(models.renderer.feature_encoder.state_dict()["scale"],
                                res["model"].guider.state_dict()["scale"], rtol=0, atol=0)
     r = Renderer(models)
@@ -253,7 +257,7 @@ def _indices(ds, seed, n):
     return out
 
 
-def test_v_prediction_renderer_trains_and_renders_through_the_conversion(tiny_release, synth_data, tmp_path):
+def test_v_prediction_position_coded_renderer_trains_and_renders_through_the_conversion(tiny_release, synth_data, tmp_path):
     import yaml
 
     from inverse_painting.core.model_set import ModelSet
@@ -262,11 +266,14 @@ def test_v_prediction_renderer_trains_and_renders_through_the_conversion(tiny_re
 
     out = tmp_path / "out"
     res = _train("renderer", _cfg("renderer", data=str(synth_data), base=str(tiny_release), out=str(out), steps=120,
-                                  prediction_type="v_prediction", target_pair_prob=0.5))
+                                  prediction_type="v_prediction", target_pair_prob=0.5,
+                                  reference_position_encoding=True))
     _loss_falls(res["losses"], "v-prediction renderer")
-    assert yaml.safe_load((out / "renderer" / "config.yaml").read_text())["prediction_type"] == "v_prediction"
+    written = yaml.safe_load((out / "renderer" / "config.yaml").read_text())
+    assert written["prediction_type"] == "v_prediction" and written["reference_position_encoding"] is True
     models = ModelSet.from_release(out)
     assert models.config["prediction_type"] == "v_prediction"
+    assert models.renderer.unet.position_encoding  # the loaded renderer reads the bank with the code
     r = Renderer(models)
     rng = np.random.default_rng(0)
     target = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)

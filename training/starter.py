@@ -17,8 +17,10 @@ Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>
 5. ``train-mask``: the mask generator (RP) from scratch (training/trainers/mask_generator.py);
 6. ``train-renderer``: renderer UNet + ReferenceNet + adapters from scratch (``--init random``), as
    v-prediction (``--renderer-prediction``) with a share of pairs ending on the finished painting
-   (``--target-pairs``): trained like the release (epsilon, consecutive pairs), this small renderer learned
-   to ignore the target (see training/trainers/renderer.py);
+   (``--target-pairs``) and a fixed position code on its reference attention (``--renderer-positions``):
+   trained like the release (epsilon, consecutive pairs), this small renderer learned to ignore the target,
+   and without the code it took the target's colours but not their places (see
+   models/reference_attention.py);
 7. text generator: a tiny LLaVA (LLaMA text model + CLIP vision tower, llava-hf layout) with a SentencePiece
    tokenizer trained on the prompt template and the instruction vocabulary, randomly initialised, then
    trained with the text trainer (LoRA + projector + the vision tower, which is random here, merged at
@@ -57,12 +59,12 @@ PRESETS = {
                  steps_vae=3000, steps_mask=5000, steps_renderer=8000, steps_text=20000,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
-                 renderer_prediction="v_prediction", target_pairs=0.25, cache_latents=True),
+                 renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True),
     "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0,
                   steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
                   batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3,
-                  renderer_prediction="v_prediction", target_pairs=0.25, cache_latents=True),
+                  renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True),
 }
 
 
@@ -78,10 +80,11 @@ STAGE_OPTIONS = {
     "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r"},
     "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context"},
     "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents",
-                 "renderer_prediction", "target_pairs"},
+                 "renderer_prediction", "target_pairs", "renderer_positions"},
 }
 # options added after the first builds, with what a build recorded before them did
-_BEFORE_OPTION = {"cache_latents": False, "renderer_prediction": "epsilon", "target_pairs": 0.0}
+_BEFORE_OPTION = {"cache_latents": False, "renderer_prediction": "epsilon", "target_pairs": 0.0,
+                  "renderer_positions": False}
 _RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
 # where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
 _STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "text": ("runs/text", "llava_tokenizer", "llava_init"),
@@ -401,7 +404,9 @@ def _renderer_recipe(o: dict) -> str:
             "epsilon)" if o["renderer_prediction"] == "v_prediction" else "epsilon-prediction, as the release")
     pairs = (f"{o['target_pairs']:g} of the pairs end on the finished painting (`--target-pairs`; the release "
              "uses consecutive keyframes only)" if float(o["target_pairs"]) > 0 else "consecutive keyframe pairs, as the release")
-    return f"{pred}; {pairs}; lr {o['lr_renderer']:g} (cosine), batch {o['batch_size']}"
+    where = ("a fixed position code on the reference attention (`reference_position_encoding: true`; the release "
+             "has none)" if o["renderer_positions"] else "reference attention without a position code, as the release")
+    return f"{pred}; {pairs}; {where}; lr {o['lr_renderer']:g} (cosine), batch {o['batch_size']}"
 
 
 def rewrite_card(out, evaluation: dict | None = None) -> dict:
@@ -455,7 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "ignore the target")
     p.add_argument("--target-pairs", type=float,
                    help="share of renderer training pairs whose next frame is the finished painting (0 = the "
-                        "release's consecutive pairs only; full preset 0.25)")
+                        "release's consecutive pairs only; full preset 0.5)")
+    p.add_argument("--renderer-positions", action=argparse.BooleanOptionalAction, default=None,
+                   help="add a fixed position code to the renderer's reference attention (not in the release; "
+                        "full preset: on): without one, a renderer trained from scratch takes the target's "
+                        "colours but not where they go")
     p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
                    help="2 = train in two processes: [VAE -> renderer] next to [text -> mask]")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process with --jobs 2 (0 = cores / 2)")
@@ -591,7 +600,8 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
                                             batch_size=o["batch_size"], complete_release=False,
                                             cache_latents=bool(o["cache_latents"]),
                                             prediction_type=o["renderer_prediction"],
-                                            target_pair_prob=float(o["target_pairs"]), **common))
+                                            target_pair_prob=float(o["target_pairs"]),
+                                            reference_position_encoding=bool(o["renderer_positions"]), **common))
         rec, model = {}, res["model"]
     elif name == "text":
         tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))

@@ -14,13 +14,16 @@ adapter(CLIP(cur), CLIP(target)) zeroed if drop_image_embeds; PE zeroed if drop_
 drop_feature; context [e_next, PE, text] (79 tokens); ReferenceNet banks at t=0 with context e_target;
 loss = MSE(eps_hat, eps). No reference dropout in training (as officially).
 
-Two options the release does not have (defaults = the release's recipe), used by the starter model:
+Three options the release does not have (defaults = the release's recipe), used by the starter model:
 ``--prediction-type v_prediction`` trains the UNet to predict v = sqrt(a) eps - sqrt(1 - a) z0 (written to
 ``renderer/config.yaml``; inference converts it back to eps, core/schedule.py). A small renderer trained from
 scratch on epsilon learned to ignore the target: its high-noise estimates (where the layout and colours are
 decided) are eps/sqrt(a) amplified and it never got them precise enough. ``--target-pair-prob p`` makes a
 share p of the pairs end on the finished painting (interval = the time left, GT mask LPIPS(cur, target) >
-0.2): every such pair is a dense signal to read the target.
+0.2): every such pair is a dense signal to read the target. ``--reference-position-encoding`` adds a fixed
+position code to the reference attention (models/reference_attention.py; written to the config): without
+it the ReferenceNet told a small renderer nothing the next-CLIP token did not (the probe's no_reference
+column equalled full), since its tokens carry no place to attend to.
 
 Output: ``<out>/renderer/ckpt/checkpoint-global_step-N.ckpt`` with unet_state_dict,
 referencenet_state_dict, cur_image_guider_state_dict, PE_state_dict, image_adpater_state_dict
@@ -54,6 +57,8 @@ class RendererConfig(TrainConfig):
     init: str = "auto"  # auto | base | renderer | random
     target_pair_prob: float = 0.0  # share of pairs whose next frame is the finished painting (0 = official)
     prediction_type: str = "epsilon"  # epsilon (official) | v_prediction
+    # a fixed position code on the reference attention's tokens (not official; models/reference_attention.py)
+    reference_position_encoding: bool = False
 
 
 def train_scheduler():
@@ -65,12 +70,12 @@ def train_scheduler():
 
 
 class RendererTrainable(torch.nn.Module):
-    def __init__(self, unet_config: dict, clip_dim: int, pe_kwargs: dict):
+    def __init__(self, unet_config: dict, clip_dim: int, pe_kwargs: dict, position_encoding: bool = False):
         super().__init__()
         cfg = {k: v for k, v in unet_config.items() if not k.startswith("_")}
         cfg.update(in_channels=4, out_channels=4)
         ctx = int(cfg["cross_attention_dim"])
-        self.unet = RendererUNet(cfg)
+        self.unet = RendererUNet(cfg, position_encoding)
         self.referencenet = ReferenceNet(cfg)
         self.guider = CanvasFeatureEncoder(4, int(cfg["block_out_channels"][0]))
         self.guider.init_for_training()
@@ -139,6 +144,8 @@ def export_renderer(out: Path, model: RendererTrainable, step: int, renderer_con
     cfg = {k: renderer_config[k] for k in keys}
     if prediction_type != "epsilon":  # the release's config has no such key: absent = epsilon
         cfg["prediction_type"] = prediction_type
+    if model.unet.position_encoding:  # nor this one: absent = no position code
+        cfg["reference_position_encoding"] = True
     (out / "renderer" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -156,7 +163,7 @@ def train(cfg: RendererConfig) -> dict:
     if cfg.target_pair_prob > 0 or not any((Path(data.split_root) / "lpips").glob("*/*.jpg")):
         data.metric = load_metric(cfg, base).to(accelerator.device)
     clip_dim = int(base.clip_vision.config.hidden_size)
-    model = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs)
+    model = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs, cfg.reference_position_encoding)
     used = model.initialise(cfg.init, base.base_dir, base.release_root)
     accelerator.print(f"renderer UNet/ReferenceNet init: {used}")
     if cfg.gradient_checkpointing:
