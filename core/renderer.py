@@ -129,7 +129,7 @@ class Renderer:
         feats = conds.canvas_batch(branches)
         use_ref = torch.tensor([b != 0 for b in branches], device=contexts.device)
         unet = self.nets.unet
-        prediction = self.models.config.get("prediction_type", "epsilon")
+        prediction = self.models.config["prediction_type"]  # read_renderer_config fills it in
         lookup = {round(float(k), 4): v for k, v in (sigma_to_t or {}).items()}
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

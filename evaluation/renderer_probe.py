@@ -60,7 +60,7 @@ def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray,
     ctx = conds.contexts[[3, 3, 3]]
     feats = conds.canvas_features[[2, 1, 2]]
     use_ref = torch.tensor([True, True, False], device=ctx.device)
-    prediction = models.config.get("prediction_type", "epsilon")
+    prediction = models.config["prediction_type"]
     out = {}
     for sigma in sigmas:
         s = float(sigma)
