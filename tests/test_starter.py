@@ -142,11 +142,17 @@ def test_stages_retrain_part_of_a_build(starter, tmp_path):
             st.main(args + changed)
     with pytest.raises(SystemExit, match="unknown stage"):
         st.main(args[:-1] + ["texts"])
-    assert st.main(args + ["--steps-text", "9"]) == 0
+    assert st.main(args + ["--steps-text", "9", "--batch-text", "2", "--text-vocab", "320"]) == 0
     rec, before = (json.loads((d / "starter.json").read_text()) for d in (out, starter))
     assert rec["retrained"] == ["text"] and list(rec["stages"]) == list(before["stages"])
     assert rec["stages"]["vae"] == before["stages"]["vae"] and rec["stages"]["text"]["loss"]["steps"] == 9
-    assert "--stages" not in rec["command"] and "--steps-text 9" in rec["command"]
+    assert "--stages" not in rec["command"] and "--steps-text 9 --batch-text 2 --text-vocab 320" in rec["command"]
+    assert (rec["options"]["batch_text"], rec["options"]["text_vocab"]) == (2, 320)
+    from transformers import AutoTokenizer
+
+    # the tokenizer has the asked-for vocabulary (+ <image>), smaller than the recipe's
+    sizes = [len(AutoTokenizer.from_pretrained(str(d / "TP_llava"))) for d in (out, starter)]
+    assert sizes[0] == 321 < sizes[1], sizes
     for rel in ("base/vae/diffusion_pytorch_model.safetensors", next((starter / "RP").glob("*.safetensors")),
                 next((starter / "renderer" / "ckpt").glob("*.safetensors"))):
         rel = Path(rel).relative_to(starter) if Path(rel).is_absolute() else rel
@@ -184,3 +190,24 @@ def test_lane_worker_exits_with_its_build(tmp_path):
         time.sleep(0.1)
     os.kill(pid, 9)
     raise AssertionError("the orphaned worker kept running")
+
+
+def test_text_vocabulary_makes_instruction_words_whole_pieces(tmp_path):
+    """At the default 384 pieces (256 of them bytes) the instructions come out nearly letter by letter;
+    --text-vocab 512 gives each instruction word one piece, so the answer is decided at one token."""
+    from transformers import AutoTokenizer
+
+    from inverse_painting.models.text_instruction import TP_QUESTION, V0_SYSTEM_PROMPT
+    from inverse_painting.training.starter import train_sentencepiece
+
+    answers = ["sky", "blue sky", "sunset sky", "clouds", "far mountains", "mountains", "hills", "mist", "lake",
+               "water", "meadow", "grass", "field", "trees", "forest", "reflection", "flowers", "highlights"]
+    corpus = [V0_SYSTEM_PROMPT, TP_QUESTION] * 4
+    corpus += [f"###Human: \n{TP_QUESTION}###Assistant: {a}" for a in answers] * 4 + answers * 8
+
+    def pieces(size):
+        tok = AutoTokenizer.from_pretrained(str(train_sentencepiece(tmp_path / str(size), corpus, size)))
+        return {a: len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers}
+
+    assert pieces(512) == {a: len(a.split()) for a in answers}
+    assert sum(pieces(384).values()) > 3 * len(answers)

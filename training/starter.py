@@ -77,7 +77,7 @@ STAGES = ("vae", "text", "mask", "renderer")
 # run-time ones; with --stages, an option that changed must belong to a stage being retrained
 STAGE_OPTIONS = {
     "vae": {"steps_vae", "lr_vae", "batch_vae", "vae_widths", "vae_kl", "vae_perceptual", "vae_crop"},
-    "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r"},
+    "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r", "batch_text", "text_vocab"},
     "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context"},
     "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents",
                  "renderer_prediction", "target_pairs", "renderer_positions"},
@@ -345,9 +345,10 @@ Reproduce (seeded, CPU or GPU):
 - Renderer / RP UNets: widths {o['unet_widths']}, cross-attention {o['context']}; text encoder and CLIP vision
   are small **random frozen** CLIP models (byte-level tokenizer) of width {o['context']}.
 - Renderer objective: {_renderer_recipe(o)}.
-- Text generator: LLaMA {o['text_hidden']} wide x 2 layers + CLIP ViT 224/32, SentencePiece tokenizer from the
-  instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector + the vision tower (random at the
-  start: frozen, as in the release recipe, the text generator collapsed to one or two answers), merged, fp16.
+- Text generator: LLaMA {o['text_hidden']} wide x 2 layers + CLIP ViT 224/32, SentencePiece tokenizer
+  ({o.get('text_vocab', 384)} pieces) from the instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector +
+  the vision tower (random at the start: frozen, as in the release recipe, the text generator collapsed to
+  one or two answers), batch {o.get('batch_text', 1)}, merged, fp16.
 - Renderer/RP checkpoints stored as {'fp32' if o['fp32'] else 'fp16'} safetensors.
 
 Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
@@ -450,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, help="cross-attention / CLIP width")
     p.add_argument("--text-hidden", type=int)
     p.add_argument("--text-lora-r", type=int, default=0, help="0 = the text model's hidden size")
+    p.add_argument("--batch-text", type=int, default=1, help="conversations per step of the text generator")
+    p.add_argument("--text-vocab", type=int, default=384,
+                   help="SentencePiece vocabulary of the text generator (256 of it are byte pieces; 512 makes "
+                        "every instruction word of the synthetic data one piece; a corpus too small for it gets "
+                        "the largest vocabulary it can fill)")
     p.add_argument("--vae-crop", type=int, help="square crop of the VAE's training frames (px; default --size)")
     p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
                    help="the renderer keeps each frame's VAE posterior after its first encode (~1.5x faster steps on "
@@ -604,11 +610,12 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
                                             reference_position_encoding=bool(o["renderer_positions"]), **common))
         rec, model = {}, res["model"]
     elif name == "text":
-        tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data))
+        tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data), int(o["text_vocab"]))
         llava_base = write_tiny_llava(work / "llava_init", tok_dir, hidden=int(o["text_hidden"]), seed=int(o["seed"]))
         r = int(o["text_lora_r"])
         res = text_generator.train(TextConfig(data=str(data), base=str(llava_base), out=str(runs / "text"),
                                               steps=o["steps_text"], lr=o["lr_text"], projector_lr=o["lr_text"],
+                                              batch_size=int(o["batch_text"]),
                                               lora_r=r, lora_alpha=2 * r, lora_dropout=0.0, save_adapter=False,
                                               train_vision_tower=True,  # random tower: frozen, it collapses
                                               export_dtype="float16", **{**common, "mixed_precision": "no"}))
