@@ -84,7 +84,7 @@ STAGE_OPTIONS = {
 }
 # options added after the first builds, with what a build recorded before them did
 _BEFORE_OPTION = {"cache_latents": False, "renderer_prediction": "epsilon", "target_pairs": 0.0,
-                  "renderer_positions": False}
+                  "renderer_positions": False, "batch_text": 1, "text_vocab": 384}
 _RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
 # where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
 _STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "text": ("runs/text", "llava_tokenizer", "llava_init"),
@@ -294,7 +294,7 @@ def _r(v, n=4):
 
 
 def write_model_card(out: Path, rec: dict) -> None:
-    o, st = rec["options"], rec["stages"]
+    o, st = {**_BEFORE_OPTION, **rec["options"]}, rec["stages"]
 
     def row(name, key):
         s = st.get(key, {})
@@ -346,9 +346,9 @@ Reproduce (seeded, CPU or GPU):
   are small **random frozen** CLIP models (byte-level tokenizer) of width {o['context']}.
 - Renderer objective: {_renderer_recipe(o)}.
 - Text generator: LLaMA {o['text_hidden']} wide x 2 layers + CLIP ViT 224/32, SentencePiece tokenizer
-  ({o.get('text_vocab', 384)} pieces) from the instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector +
+  ({o['text_vocab']} pieces) from the instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector +
   the vision tower (random at the start: frozen, as in the release recipe, the text generator collapsed to
-  one or two answers), batch {o.get('batch_text', 1)}, merged, fp16.
+  one or two answers), batch {o['batch_text']}, merged, fp16.
 - Renderer/RP checkpoints stored as {'fp32' if o['fp32'] else 'fp16'} safetensors.
 
 Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
@@ -399,8 +399,7 @@ model decodes.
 
 
 def _renderer_recipe(o: dict) -> str:
-    """The renderer's training objective in words (options missing from older records: what builds did then)."""
-    o = {**_BEFORE_OPTION, **o}
+    """The renderer's training objective in words (``o``: the options with :data:`_BEFORE_OPTION` filled in)."""
     pred = ("**v-prediction** (`prediction_type: v_prediction` in `renderer/config.yaml`; the release predicts "
             "epsilon)" if o["renderer_prediction"] == "v_prediction" else "epsilon-prediction, as the release")
     pairs = (f"{o['target_pairs']:g} of the pairs end on the finished painting (`--target-pairs`; the release "
@@ -454,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-text", type=int, default=1, help="conversations per step of the text generator")
     p.add_argument("--text-vocab", type=int, default=384,
                    help="SentencePiece vocabulary of the text generator (256 of it are byte pieces; 512 makes "
-                        "every instruction word of the synthetic data one piece; a corpus too small for it gets "
-                        "the largest vocabulary it can fill)")
+                        "every instruction word of the synthetic data one piece; a corpus too small to fill it gets "
+                        "a smaller one)")
     p.add_argument("--vae-crop", type=int, help="square crop of the VAE's training frames (px; default --size)")
     p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
                    help="the renderer keeps each frame's VAE posterior after its first encode (~1.5x faster steps on "
