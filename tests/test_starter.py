@@ -144,14 +144,15 @@ def test_stages_retrain_part_of_a_build(starter, tmp_path):
         st.main(args[:-1] + ["texts"])
     assert st.main(args + ["--steps-text", "9", "--batch-text", "2", "--text-vocab", "320"]) == 0
     rec, before = (json.loads((d / "starter.json").read_text()) for d in (out, starter))
-    assert rec["retrained"] == ["text"] and list(rec["stages"]) == list(before["stages"])
+    assert rec["retrained"] == ["text", "rollouts"] and list(rec["stages"]) == list(before["stages"])
     assert rec["stages"]["vae"] == before["stages"]["vae"] and rec["stages"]["text"]["loss"]["steps"] == 9
     assert "--stages" not in rec["command"] and "--steps-text 9 --batch-text 2 --text-vocab 320" in rec["command"]
     assert (rec["options"]["batch_text"], rec["options"]["text_vocab"]) == (2, 320)
     from transformers import AutoTokenizer
 
-    # the tokenizer has the asked-for vocabulary (+ <image>), smaller than the recipe's
-    sizes = [len(AutoTokenizer.from_pretrained(str(d / "TP_llava"))) for d in (out, starter)]
+    # the (first) text generator's tokenizer has the asked-for vocabulary (+ <image>), smaller than the recipe's
+    sizes = [len(AutoTokenizer.from_pretrained(str(d / "runs" / "text" / "TP_llava")))
+             for d in (work, starter.with_name(starter.name + ".work"))]
     assert sizes[0] == 321 < sizes[1], sizes
     for rel in ("base/vae/diffusion_pytorch_model.safetensors", next((starter / "RP").glob("*.safetensors")),
                 next((starter / "renderer" / "ckpt").glob("*.safetensors"))):
@@ -162,6 +163,55 @@ def test_stages_retrain_part_of_a_build(starter, tmp_path):
     assert st.main(args) == 0
     a, b = (load_file(str(d / "TP_llava" / "model.safetensors")) for d in (starter, out))
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_rollouts_retrain_the_text_generator_on_the_loops_canvases(starter):
+    """The rollouts stage paints every training process with the trained networks, labels each canvas the text
+    generator saw with the real process's next label, and the shipped text generator is the one retrained on
+    the real frames + those canvases."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from inverse_painting.training.text_rollouts import ROLLOUT_JSON, real_label_sequence
+
+    work = starter.with_name(starter.name + ".work")
+    rec = json.loads((starter / "starter.json").read_text())
+    r = rec["stages"]["rollouts"]
+    assert rec["options"]["text_rollouts"] == "1.0" and r["rollouts"] == rec["options"]["processes"]
+    assert r["canvases"] > 0 and r["loss"]["steps"] == rec["options"]["steps_text_rollouts"]
+    train = work / "data" / "train"
+    real = json.loads((train / "llava_json.json").read_text())
+    entries = json.loads((train / ROLLOUT_JSON).read_text())
+    assert entries[:len(real)] == real and len(entries) - len(real) == r["canvases"]
+    for e in entries[len(real):]:
+        _, video, name = e["id"].split("/")
+        keyframe = int(name.split("_")[1])
+        target, labels = real_label_sequence(train / "rgb" / video)
+        assert e["conversations"][1]["value"] == labels[min(keyframe, len(labels) - 1)]
+        with Image.open(train / "llava_image" / e["image"]) as im:
+            assert im.size == (2 * target.shape[1], target.shape[0])  # [canvas | target]
+    shipped, again, first = (load_file(str(d / "TP_llava" / "model.safetensors"))
+                             for d in (starter, work / "runs" / "text_rollouts", work / "runs" / "text"))
+    assert all(bool((shipped[k] == again[k]).all()) for k in shipped)
+    assert not all(bool((shipped[k] == first[k]).all()) for k in shipped)
+    assert "Rollouts (`--text-rollouts 1.0`" in (starter / "MODEL_CARD.md").read_text()
+
+
+def test_without_rollouts_the_text_generator_is_the_first_one(tmp_path):
+    from inverse_painting.training import starter as st
+    from safetensors.torch import load_file
+
+    out = tmp_path / "plain"
+    assert st.main(["--out", str(out), "--smoke", "--seed", "0", "--device", "cpu", "--text-rollouts", "none"]) == 0
+    rec = json.loads((out / "starter.json").read_text())
+    assert "rollouts" not in rec["stages"] and rec["options"]["text_rollouts"] == "" and "retrained" not in rec
+    work = out.with_name("plain.work")
+    assert not (work / "runs" / "text_rollouts").exists()
+    a, b = (load_file(str(d / "TP_llava" / "model.safetensors")) for d in (out, work / "runs" / "text"))
+    assert all(bool((a[k] == b[k]).all()) for k in a)
+    assert "trained on real frames only" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(SystemExit, match="expert shares"):
+        st.main(["--out", str(tmp_path / "bad"), "--smoke", "--text-rollouts", "1.5"])
 
 
 def test_lane_worker_exits_with_its_build(tmp_path):

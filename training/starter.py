@@ -25,7 +25,13 @@ Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>
    tokenizer trained on the prompt template and the instruction vocabulary, randomly initialised, then
    trained with the text trainer (LoRA + projector + the vision tower, which is random here, merged at
    export; training/trainers/text_generator.py);
-8. ``assemble`` into ``--out`` in the release layout (renderer/, RP/, TP_llava/, base/, clip/), weights as
+8. optional, off in the full preset: ``rollouts`` (``--text-rollouts``, training/text_rollouts.py): the trained networks paint every training
+   painting, each keyframe's instruction coming from the real label sequence with the given probability
+   (else from the text generator of step 7), and a second text generator (``--text-vocab-rollouts``,
+   ``--batch-text-rollouts``, ``--steps-text-rollouts``) is trained on the real frames + every canvas the loop
+   showed, labelled with the real sequence (trained on real frames alone, the text generator meets canvases
+   it has never seen); on validation this did not yet paint better (training/README.md);
+9. ``assemble`` into ``--out`` in the release layout (renderer/, RP/, TP_llava/, base/, clip/), weights as
    safetensors only (checkpoints stored in fp16 unless ``--fp32``), plus ``MODEL_CARD.md`` and
    ``starter.json`` (the exact options, per-stage losses and timings).
 
@@ -59,12 +65,16 @@ PRESETS = {
                  steps_vae=3000, steps_mask=5000, steps_renderer=8000, steps_text=20000,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
-                 renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True),
+                 renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
+                 # rollouts off: on validation they did not paint better (training/README.md); 1.0,0.5 turns them on
+                 text_rollouts="", steps_text_rollouts=8000, batch_text_rollouts=8, text_vocab_rollouts=512),
     "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0,
                   steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
                   batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3,
-                  renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True),
+                  renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
+                  # the smoke build runs every stage, the rollouts too (what the tests check)
+                  text_rollouts="1.0", steps_text_rollouts=8, batch_text_rollouts=1, text_vocab_rollouts=384),
 }
 
 
@@ -72,7 +82,7 @@ PRESETS = {
 _NOT_IN_RECIPE = {"--work": 1, "--print-every": 1, "--progress": 0, "--no-progress": 0, "--keep-work": 0,
                   "--no-keep-work": 0, "--stages": 1}
 
-STAGES = ("vae", "text", "mask", "renderer")
+STAGES = ("vae", "text", "mask", "renderer", "rollouts")
 # the options each stage reads besides the data (--seed, --processes, --size, --aspect, --smoke) and the
 # run-time ones; with --stages, an option that changed must belong to a stage being retrained
 STAGE_OPTIONS = {
@@ -82,13 +92,19 @@ STAGE_OPTIONS = {
     "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents",
                  "renderer_prediction", "target_pairs", "renderer_positions"},
 }
+# rollouts: paint the training processes with the other four and retrain the text generator on what it saw
+# (the mixed rollouts ask the first text generator, so they read its options too)
+STAGE_OPTIONS["rollouts"] = {"text_rollouts", "steps_text_rollouts", "batch_text_rollouts",
+                             "text_vocab_rollouts"} | STAGE_OPTIONS["text"]
 # options added after the first builds, with what a build recorded before them did
 _BEFORE_OPTION = {"cache_latents": False, "renderer_prediction": "epsilon", "target_pairs": 0.0,
-                  "renderer_positions": False, "batch_text": 1, "text_vocab": 384}
+                  "renderer_positions": False, "batch_text": 1, "text_vocab": 384, "text_rollouts": ""}
 _RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
 # where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
 _STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "text": ("runs/text", "llava_tokenizer", "llava_init"),
-               "mask": ("runs/rp",), "renderer": ("runs/renderer",)}
+               "mask": ("runs/rp",), "renderer": ("runs/renderer",),
+               "rollouts": ("runs/text_rollouts", "rollout_model", "data/train/llava_image/rollouts",
+                            "llava_tokenizer_rollouts", "llava_init_rollouts")}
 
 
 def reproduce_command(argv: Sequence[str]) -> str:
@@ -336,7 +352,7 @@ Reproduce (seeded, CPU or GPU):
 {row('VAE (base/vae)', 'vae')}
 {row('mask generator (RP)', 'mask')}
 {row('renderer (UNet + ReferenceNet + adapters)', 'renderer')}
-{row('text generator (TP_llava, tiny LLaVA)', 'text')}
+{row('text generator (TP_llava, tiny LLaVA)', 'text')}{chr(10) + row('text generator again, on real frames + rollout canvases (shipped)', 'rollouts') if 'rollouts' in st else ''}
 
 - VAE: AutoencoderKL widths {o['vae_widths']}, 4 latent channels, 8x; L1 + {o['vae_kl']} KL
   (+ {o['vae_perceptual']} {METRIC}); scaling_factor {_r(vae.get('scaling_factor'))} = 1 / latent std
@@ -349,6 +365,7 @@ Reproduce (seeded, CPU or GPU):
   ({o['text_vocab']} pieces) from the instruction vocabulary; trained by LoRA (r {o['text_lora_r']}) + projector +
   the vision tower (random at the start: frozen, as in the release recipe, the text generator collapsed to
   one or two answers), batch {o['batch_text']}, merged, fp16.
+{_rollout_recipe(o, st.get('rollouts'))}
 - Renderer/RP checkpoints stored as {'fp32' if o['fp32'] else 'fp16'} safetensors.
 
 Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
@@ -396,6 +413,22 @@ model decodes.
         if ev.get("notes"):
             text += "\nObserved on this benchmark:\n" + "".join(f"- {n}\n" for n in ev["notes"])
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+
+
+def _rollout_recipe(o: dict, r: dict | None) -> str:
+    """The card's line on the text generator's rollouts (``r``: the rollouts stage's record)."""
+    if not r:
+        return "- The text generator was trained on real frames only (no `--text-rollouts`)."
+    agree = "" if r.get("model_agreement") is None else (
+        f"; on the mixed rollouts the first generator agreed with the expert on {100 * r['model_agreement']:.0f} % "
+        "of its answers")
+    return (f"- Rollouts (`--text-rollouts {o['text_rollouts']}`, training/text_rollouts.py): the four networks painted "
+            f"each training painting once per expert share ({r['rollouts']} rollouts, {r['canvases']} canvases); each "
+            "keyframe's instruction came from the real label sequence (the expert) with that probability, else from "
+            "the text generator above, and every canvas was labelled with the expert's instruction. The shipped text "
+            f"generator is a new one of the same size ({o['text_vocab_rollouts']} pieces, batch "
+            f"{o['batch_text_rollouts']}, {o['steps_text_rollouts']} steps) trained on the real frames + these "
+            f"canvases{agree}.")
 
 
 def _renderer_recipe(o: dict) -> str:
@@ -455,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SentencePiece vocabulary of the text generator (256 of it are byte pieces; 512 makes "
                         "every instruction word of the synthetic data one piece; a corpus too small to fill it gets "
                         "a smaller one)")
+    p.add_argument("--text-rollouts",
+                   help="expert shares of the rollouts that retrain the text generator on the loop's own canvases "
+                        "(training/text_rollouts.py), e.g. 1.0,0.5: one rollout led by the real label sequence, one "
+                        "where the model answers half the keyframes; 'none' (full preset): real frames only")
+    p.add_argument("--steps-text-rollouts", type=int, help="steps of the text generator trained on the rollouts")
+    p.add_argument("--batch-text-rollouts", type=int, help="its batch (full preset 8)")
+    p.add_argument("--text-vocab-rollouts", type=int, help="its SentencePiece vocabulary (full preset 512)")
     p.add_argument("--vae-crop", type=int, help="square crop of the VAE's training frames (px; default --size)")
     p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
                    help="the renderer keeps each frame's VAE posterior after its first encode (~1.5x faster steps on "
@@ -479,9 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="keep renderer/RP checkpoints in fp32")
     p.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--stages", default="all",
-                   help="comma-separated subset of vae,text,mask,renderer to retrain in an existing --work of a "
-                        "previous build (its data and the other stages' runs are reused; every stage is seeded, "
-                        "so the result equals a full build with the same options); default: all")
+                   help="comma-separated subset of vae,text,mask,renderer,rollouts to retrain in an existing --work "
+                        "of a previous build (its data and the other stages' runs are reused; every stage is seeded, "
+                        "so the result equals a full build with the same options; the rollouts, which read every "
+                        "network, are always redone); default: all")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     return p
 
@@ -495,14 +536,32 @@ def resolve_options(argv: Sequence[str] | None) -> dict:
             o[k] = v
     if not o["text_lora_r"]:
         o["text_lora_r"] = int(o["text_hidden"])
+    o["text_rollouts"] = ",".join(str(float(x)) for x in rollout_shares(o["text_rollouts"]))
     names = STAGES if o["stages"] in ("all", "", None) else [n.strip() for n in str(o["stages"]).split(",") if n.strip()]
     unknown = sorted(set(names) - set(STAGES))
     if unknown:
         raise SystemExit(f"--stages: unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
     if "vae" in names:  # the mask generator and the renderer are trained on the VAE's latents
         names = list(names) + ["mask", "renderer"]
-    o["stages"] = tuple(n for n in STAGES if n in names)
+    names = list(names) + ["rollouts"]  # the rollouts read every network: redone whenever one is retrained
+    o["stages"] = tuple(n for n in all_stages(o) if n in names)
     return o
+
+
+def rollout_shares(value) -> list[float]:
+    """``--text-rollouts`` as a list of expert shares ("" / "none": no rollouts)."""
+    text = str(value or "").strip().lower()
+    if text in ("", "none", "0", "off"):
+        return []
+    shares = [float(x) for x in text.split(",") if x.strip()]
+    if any(not 0.0 <= x <= 1.0 for x in shares):
+        raise SystemExit(f"--text-rollouts: expert shares must lie in [0, 1], got {value!r}")
+    return shares
+
+
+def all_stages(o: dict) -> tuple[str, ...]:
+    """The stages of a full build with options ``o`` (no ``rollouts`` without expert shares)."""
+    return STAGES if rollout_shares(o.get("text_rollouts")) else STAGES[:-1]
 
 
 def previous_build(out: Path, work: Path, o: dict) -> dict:
@@ -515,7 +574,8 @@ def previous_build(out: Path, work: Path, o: dict) -> dict:
         if not need.exists():
             raise SystemExit(f"--stages needs a previous full build with its work folder: {need} is missing")
     prev = json.loads((out / "starter.json").read_text())
-    retrained = set(o["stages"])
+    # a stage the options switch off (rollouts without expert shares) reuses nothing either
+    retrained = set(o["stages"]) | (set(STAGES) - set(all_stages(o)))
     parser = build_parser()
     for k in sorted((set(o) | set(prev["options"])) - _RUNTIME_OPTIONS - {"out", "work"}):
         # an option newer than the previous build's record: what builds did before it existed
@@ -564,17 +624,17 @@ def _exit_with(parent_pid: int) -> None:
 
 
 def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int | None = None) -> dict:
-    """Train one network of the recipe (``vae``, ``mask``, ``renderer`` or ``text``); returns its record.
+    """Train one network of the recipe (``vae``, ``mask``, ``renderer``, ``text``, or ``text_rollouts``: the
+    text generator again, once the rollouts are written); returns its record.
 
     A top-level function so that the lanes can run it in worker processes. Every stage seeds itself from
     ``--seed`` (the shared loop's (seed, step, rank) generators), so the result does not depend on which
     lane or process runs it, only on the stages it reads (mask and renderer read the VAE).
     """
-    from .trainers import mask_generator, renderer, text_generator
+    from .trainers import mask_generator, renderer
     from .trainers import vae as vae_trainer
     from .trainers.common import TrainConfig
     from .trainers.renderer import RendererConfig
-    from .trainers.text_generator import TextConfig
     from .trainers.vae import VAEConfig
 
     if parent_pid is not None:
@@ -609,15 +669,14 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
                                             reference_position_encoding=bool(o["renderer_positions"]), **common))
         rec, model = {}, res["model"]
     elif name == "text":
-        tok_dir = train_sentencepiece(work / "llava_tokenizer", instruction_corpus(data), int(o["text_vocab"]))
-        llava_base = write_tiny_llava(work / "llava_init", tok_dir, hidden=int(o["text_hidden"]), seed=int(o["seed"]))
-        r = int(o["text_lora_r"])
-        res = text_generator.train(TextConfig(data=str(data), base=str(llava_base), out=str(runs / "text"),
-                                              steps=o["steps_text"], lr=o["lr_text"], projector_lr=o["lr_text"],
-                                              batch_size=int(o["batch_text"]),
-                                              lora_r=r, lora_alpha=2 * r, lora_dropout=0.0, save_adapter=False,
-                                              train_vision_tower=True,  # random tower: frozen, it collapses
-                                              export_dtype="float16", **{**common, "mixed_precision": "no"}))
+        res = _train_text(o, work, data, "", o["text_vocab"], o["batch_text"], o["steps_text"])
+        rec, model = {}, res["generator"].model
+    elif name == "text_rollouts":
+        # a new text generator (its own tokenizer and initial weights) on the real frames + the rollouts' canvases
+        from .text_rollouts import ROLLOUT_JSON
+
+        res = _train_text(o, work, data / "train" / ROLLOUT_JSON, "_rollouts", o["text_vocab_rollouts"],
+                          o["batch_text_rollouts"], o["steps_text_rollouts"])
         rec, model = {}, res["generator"].model
     else:
         raise ValueError(f"unknown stage {name!r}")
@@ -626,8 +685,89 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
     return rec
 
 
+def _train_text(o: dict, work: Path, data, suffix: str, vocab: int, batch: int, steps: int) -> dict:
+    """A text generator: a SentencePiece tokenizer of ``vocab`` pieces from the instruction vocabulary
+    (``<work>/llava_tokenizer<suffix>``), a seeded random tiny LLaVA (``<work>/llava_init<suffix>``), trained on
+    the conversations of ``data`` (a data root or one conversation file) into ``<work>/runs/text<suffix>``."""
+    from .trainers import text_generator
+    from .trainers.text_generator import TextConfig
+
+    tok_dir = train_sentencepiece(work / f"llava_tokenizer{suffix}", instruction_corpus(work / "data"), int(vocab))
+    base = write_tiny_llava(work / f"llava_init{suffix}", tok_dir, hidden=int(o["text_hidden"]), seed=int(o["seed"]))
+    r = int(o["text_lora_r"])
+    common = _stage_common(o)
+    return text_generator.train(TextConfig(data=str(data), base=str(base), out=str(work / "runs" / f"text{suffix}"),
+                                           steps=int(steps), lr=o["lr_text"], projector_lr=o["lr_text"],
+                                           batch_size=int(batch),
+                                           lora_r=r, lora_alpha=2 * r, lora_dropout=0.0, save_adapter=False,
+                                           train_vision_tower=True,  # random tower: frozen, it collapses
+                                           export_dtype="float16", **{**common, "mixed_precision": "no"}))
+
+
+def rollout_model(o: dict, work: Path) -> Path:
+    """``<work>/rollout_model``: the trained networks of ``<work>/runs`` as one model folder (linked), painting
+    with the starter's defaults, for the rollouts."""
+    from .cli import assemble
+
+    dest, runs = work / "rollout_model", work / "runs"
+    shutil.rmtree(dest, ignore_errors=True)
+    assemble(dest, base=str(work / "skeleton"), renderer=str(runs / "renderer"), mask=str(runs / "rp"),
+             text=str(runs / "text"), link_base=True, link_trained=True)
+    (dest / "starter.json").write_text(json.dumps({"options": {"size": int(o["size"])},
+                                                   "paint_defaults": dict(STARTER_PAINT_DEFAULTS)}))
+    return dest
+
+
+def run_rollouts(o: dict, work: str, shard: tuple[int, int] = (0, 1), threads: int = 0,
+                 parent_pid: int | None = None) -> dict:
+    """One shard of the rollouts (every ``shard[1]``-th training process): canvases + conversations."""
+    from .text_rollouts import write_rollouts
+
+    if parent_pid is not None:
+        _exit_with(parent_pid)
+    if threads:
+        torch.set_num_threads(int(threads))
+    work = Path(work)
+    device = "cpu" if _stage_common(o)["cpu"] else "cuda"
+    return write_rollouts(work / "rollout_model", work / "data", "train", rollout_shares(o["text_rollouts"]),
+                          seed=int(o["seed"]), device=device, shard=shard,
+                          log=lambda m: _log(f"rollouts {shard[0]}/{shard[1]}: {m}"))
+
+
+def run_rollout_stage(o: dict, work: Path, pool=None, threads: int = 0) -> dict:
+    """Paint every training process with the trained networks (``--text-rollouts`` expert shares), then
+    retrain the text generator on the real frames + the canvases the loop showed it (training/text_rollouts.py).
+
+    ``pool``: the lanes' worker pool (``--jobs 2``): the processes are split between its two workers, and
+    the retraining runs in one of them, as the text stage does.
+    """
+    from .text_rollouts import merge_rollouts
+
+    t = time.time()
+    _log(f"rollouts: expert shares {o['text_rollouts']}")
+    rollout_model(o, work)
+    if pool is None:
+        parts = [run_rollouts(o, str(work))]
+    else:
+        me = os.getpid()
+        parts = [f.result() for f in [pool.submit(run_rollouts, o, str(work), (i, 2), threads, me) for i in (0, 1)]]
+    merge_rollouts(work / "data", "train")
+    stats = {k: sum(p[k] for p in parts) for k in parts[0]}
+    seconds = round(time.time() - t, 1)
+    _log(f"rollouts: {stats['canvases']} canvases from {stats['rollouts']} rollouts in {seconds} s")
+    if pool is None:
+        rec = run_stage("text_rollouts", o, str(work))
+    else:
+        rec = pool.submit(run_stage, "text_rollouts", o, str(work), threads, os.getpid()).result()
+    agree = stats["model_right"] / stats["model_answers"] if stats["model_answers"] else None
+    rec.update(rollouts=stats["rollouts"], canvases=stats["canvases"], rollout_seconds=seconds,
+               model_agreement=None if agree is None else round(agree, 4), seconds=round(time.time() - t, 1))
+    return rec
+
+
 def run_stages(o: dict, work: Path) -> dict:
-    """The trainings of ``o["stages"]``, in two lanes when ``--jobs 2``: [VAE -> renderer] and [text -> mask].
+    """The trainings of ``o["stages"]``, in two lanes when ``--jobs 2``: [VAE -> renderer] and [text -> mask],
+    then the rollouts (split between the two workers), which read every network.
 
     The mask generator and the renderer read the VAE's latents, so they start after it; the text generator
     needs only the images. With one job everything runs in this process, in the same order. With two, the
@@ -636,7 +776,10 @@ def run_stages(o: dict, work: Path) -> dict:
     """
     names = o["stages"]
     if int(o["jobs"]) <= 1:
-        return {name: run_stage(name, o, str(work)) for name in names}
+        stages = {name: run_stage(name, o, str(work)) for name in names if name != "rollouts"}
+        if "rollouts" in names:
+            stages["rollouts"] = run_rollout_stage(o, work)
+        return stages
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -649,6 +792,8 @@ def run_stages(o: dict, work: Path) -> dict:
             if n in names:
                 futures[n] = pool.submit(run_stage, n, o, str(work), threads, me)
         stages.update({n: f.result() for n, f in futures.items()})
+        if "rollouts" in names:  # reads every network: after both lanes
+            stages["rollouts"] = run_rollout_stage(o, work, pool, threads)
     return {n: stages[n] for n in names}
 
 
@@ -679,7 +824,7 @@ def build(o: dict, argv: Sequence[str] = ()) -> dict:
     t_all = time.time()
     out = Path(o["out"])
     work = Path(o["work"]) if o.get("work") else out.with_name(out.name + ".work")
-    partial = o["stages"] != STAGES
+    partial = o["stages"] != all_stages(o)
     prev = previous_build(out, work, o) if partial else None
     for d, mark in ((out, "starter.json"), (work, "skeleton")):  # only ever replace a previous starter build
         if d.exists() and any(d.iterdir()) and not (d / mark).exists():
@@ -711,12 +856,13 @@ def build(o: dict, argv: Sequence[str] = ()) -> dict:
     rec["stages"] = {k: rec["stages"][k] for k in ("data",) + STAGES if k in rec["stages"]}
     skel = work / "skeleton"
 
-    # 8: assemble (the previous model stays in place until the new one is trained)
+    # 9: assemble (the previous model stays in place until the new one is trained)
     _log(f"assemble -> {out}")
     if out.exists():
         shutil.rmtree(out)
     assemble(out, base=str(skel), renderer=str(work / "runs" / "renderer"), mask=str(work / "runs" / "rp"),
-             text=str(work / "runs" / "text"), link_base=False, link_trained=False)
+             text=str(work / "runs" / ("text_rollouts" if "rollouts" in all_stages(o) else "text")),
+             link_base=False, link_trained=False)
     for f in list(out.glob("renderer/ckpt/*.ckpt")) + list(out.glob("RP/*.ckpt")):
         f.unlink()  # safetensors only
     (out / "assembled.json").unlink(missing_ok=True)
