@@ -321,6 +321,8 @@ def write_model_card(out: Path, rec: dict) -> None:
     sizes = rec["sizes_mb"]
     vae = st.get("vae", {})
     paint = {**STARTER_PAINT_DEFAULTS, **rec.get("paint_defaults", {})}
+    rollout_row = ("\n" + row("text generator again, on real frames + rollout canvases (shipped)", "rollouts")
+                   if "rollouts" in st else "")
     retrained = ""
     if rec.get("retrained"):
         retrained = (f"\nThis folder was last rebuilt with `--stages {','.join(rec['retrained'])}` on the work folder of a "
@@ -352,7 +354,7 @@ Reproduce (seeded, CPU or GPU):
 {row('VAE (base/vae)', 'vae')}
 {row('mask generator (RP)', 'mask')}
 {row('renderer (UNet + ReferenceNet + adapters)', 'renderer')}
-{row('text generator (TP_llava, tiny LLaVA)', 'text')}{chr(10) + row('text generator again, on real frames + rollout canvases (shipped)', 'rollouts') if 'rollouts' in st else ''}
+{row('text generator (TP_llava, tiny LLaVA)', 'text')}{rollout_row}
 
 - VAE: AutoencoderKL widths {o['vae_widths']}, 4 latent channels, 8x; L1 + {o['vae_kl']} KL
   (+ {o['vae_perceptual']} {METRIC}); scaling_factor {_r(vae.get('scaling_factor'))} = 1 / latent std

@@ -193,8 +193,10 @@ def main(argv=None) -> int:
         print(merge_rollouts(a.data, a.split))
         return 0
     i, n = (int(x) for x in a.shard.split("/"))
-    stats = write_rollouts(a.models, a.data, a.split, [float(s) for s in a.expert_shares.split(",")], a.seed,
-                           a.extra, a.device, (i, n))
+    from .starter import rollout_shares  # the starter's --text-rollouts parser: one syntax, range-checked
+
+    stats = write_rollouts(a.models, a.data, a.split, rollout_shares(a.expert_shares), a.seed, a.extra, a.device,
+                           (i, n))
     print(json.dumps(stats))
     return 0
 
