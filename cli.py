@@ -67,7 +67,8 @@ def cmd_paint(args) -> int:
         models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps, seed=args.seed,
         short_side=args.short_side, fast_guidance=not args.six_branch, scales=GuidanceScales(*args.guidance),
         compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise,
-        start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback)
+        start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback,
+        reask=args.reask)
     working = prepare_image(img, settings.short_side)
     if working.note:
         print(f"input: {working.note}")
@@ -176,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="paint the difference mask when the mask generator finds (almost) nothing while the "
                             "canvas still differs from the target (default: the model folder's choice; off in "
                             "the release, whose loop then stops with those areas unpainted)")
+    paint.add_argument("--reask", type=int, default=None,
+                       help="when the text model names a region the mask generator finds finished for the second "
+                            "time, try up to this many of its next answers (default: the model folder's choice; "
+                            "0 = the release)")
     paint.add_argument("--device")
     paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")

@@ -22,14 +22,18 @@ from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop
 from .guidance import GuidanceScales
 from .imaging import WorkingImage, prepare_image
 from .loading import paint_defaults
-from .mask_generator import LadderResult, MaskGenerator, fall_back_to_difference
+from .mask_generator import MIN_AREA, LadderResult, MaskGenerator, MaskPrediction, fall_back_to_difference
 from .model_set import ModelSet
 from .renderer import ExternalSampler, Renderer
 from .sampling import NoiseSource
 
 
 # the PaintSettings a model folder may choose (core/loading.paint_defaults), the rest being per run
-MODEL_PAINT_CHOICES = ("short_side", "compare_to", "denoise", "start_from", "keep_unmasked", "difference_fallback")
+MODEL_PAINT_CHOICES = ("short_side", "compare_to", "denoise", "start_from", "keep_unmasked", "difference_fallback",
+                       "reask")
+
+
+REASK_THRESHOLD = 0.5  # the ladder's first threshold: below MIN_AREA there, a region counts as finished
 
 
 @dataclass
@@ -69,6 +73,16 @@ class PaintSettings:
     # target over more than that, paint the difference mask instead (release: False, the empty mask is kept
     # and the loop soon stops on "canvas stopped changing", leaving those areas unpainted)
     difference_fallback: bool = False
+    # > 0: when the mask generator finds under 5 % of the image at threshold 0.5 for the instruction (the
+    # region it names looks finished) for the second time, with no region found for it in between, try up to
+    # this many other answers of the text generator, most likely first (beam search), and paint the first one
+    # it finds a region for. Release: 0,
+    # the answer is kept and the ladder lowers the threshold; a generator that keeps naming a finished region
+    # (greedy decoding gives the same answer for the same canvas) then paints slivers until "canvas stopped
+    # changing", with other regions unpainted. The first time is kept: real processes often spend one more
+    # keyframe on a region, and re-asking at once paints faster than they do (worse LPIPS on validation).
+    # Skipped on the first keyframe and for user instructions (no alternatives to ask).
+    reask: int = 0
 
     @classmethod
     def for_model(cls, root, **settings) -> "PaintSettings":
@@ -176,6 +190,29 @@ class Painter:
         lat = torch.nn.functional.max_pool2d((t > 0.5).float(), 8)
         return torch.nn.functional.interpolate(lat, size=(H, W), mode="nearest")
 
+    def _reask(self, text, canvas: np.ndarray, target: np.ndarray, instruction: str, prediction: MaskPrediction,
+               settings: PaintSettings) -> tuple[str, MaskPrediction, dict | None]:
+        """``settings.reask``: the first other answer of ``text`` whose mask covers ``MIN_AREA`` at
+        ``REASK_THRESHOLD``; the given one when there is none. Returns (instruction, prediction, trail entry)."""
+        ask = getattr(text, "alternatives", None)
+        if ask is None:  # a user list has no second answer
+            return instruction, prediction, None
+        tried: list[dict] = []
+        # one beam more than the answers to try: the greedy answer is usually among the beams
+        for answer in ask(canvas, target, settings.reask + 1):
+            if len(tried) == settings.reask:
+                break
+            if answer == instruction:
+                continue
+            other = self.mask_generator.predict_instruction(prediction, answer, settings.interval_s)
+            area = other.area(REASK_THRESHOLD)
+            tried.append({"instruction": answer, "area": round(area, 4)})
+            if area >= MIN_AREA:
+                return answer, other, {"decision": f"re-asked: {instruction!r} found finished, {answer!r} used",
+                                       "tried": tried}
+        return instruction, prediction, {"decision": f"re-asked: no other answer has a region, {instruction!r} kept",
+                                         "tried": tried}
+
     def paint(self, target, settings: PaintSettings = PaintSettings(), instructions=None, masks=None,
               start_canvas=None, sampler: ExternalSampler | None = None, sigmas: torch.Tensor | None = None,
               step_callback: Callable[[int, dict], None] | None = None, noise_draws: torch.Tensor | None = None,
@@ -205,6 +242,7 @@ class Painter:
         prev_mask = prev_latents = None
         changes: list[float] = []
         to_target: list[float] = []
+        finished: set[str] = set()  # answers whose region the mask generator found finished (``reask``)
         self.last_stop_reason = "max_keyframes"
         latent_shape = (1, tstate.latents.shape[1], *working.latent_hw)
         for k in range(settings.max_keyframes):
@@ -227,7 +265,18 @@ class Painter:
                     raise ValueError("no mask generator loaded and no mask given for keyframe %d" % k)
                 pred = self.mask_generator.predict(canvas, reference, instruction, settings.interval_s,
                                                    settings.difference_threshold, target_latents=tstate.latents)
+                reasked = None
+                if settings.reask > 0 and k > 0:
+                    if pred.area(REASK_THRESHOLD) >= MIN_AREA:
+                        finished.discard(instruction)
+                    elif instruction not in finished:  # first time: one more pass over the region, as the release
+                        finished.add(instruction)
+                    else:
+                        instruction, pred, reasked = self._reask(text, canvas, target_img, instruction, pred,
+                                                                 settings)
                 chosen = self.mask_generator.choose(pred, prev_mask, first=k == 0, ladder=settings.threshold_ladder)
+                if reasked is not None:
+                    chosen.trail.insert(0, reasked)
                 if settings.difference_fallback:
                     chosen = fall_back_to_difference(chosen, pred)
                 difference = pred.difference

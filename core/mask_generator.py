@@ -35,6 +35,10 @@ class MaskPrediction:
     z_target: torch.Tensor
     context: torch.Tensor  # (1, 78, D)
 
+    def area(self, threshold: float = 0.5) -> float:
+        """Fraction of the (padded) image above ``threshold``, as the ladder counts it."""
+        return float((self.probability > threshold).float().mean())
+
 
 @dataclass
 class LadderResult:
@@ -114,11 +118,21 @@ class MaskGenerator:
         z_target = target_latents if target_latents is not None else m.encode_latents(uint8_to_tensor(target))
         h, w = z_canvas.shape[-2:]
         diff = compute_difference_mask(self.metric, canvas, target, difference_threshold, (h, w))
+        return self._forward(z_canvas, z_target, diff.latent, diff.map, instruction, interval_s)
+
+    @torch.no_grad()
+    def predict_instruction(self, prediction: MaskPrediction, instruction: str, interval_s: float) -> MaskPrediction:
+        """The same canvas and target with another instruction (re-uses the latents and the difference mask)."""
+        return self._forward(prediction.z_canvas, prediction.z_target, prediction.difference,
+                             prediction.difference_map, instruction, interval_s)
+
+    def _forward(self, z_canvas, z_target, difference, difference_map, instruction: str, interval_s: float):
+        m = self.models
         pe = self.nets.time_encoder(interval_s).to(m.dtype)
         context = torch.cat([pe, m.text([instruction]).to(m.dtype)], dim=1)  # [time, text]
-        x = torch.cat([z_canvas, z_target.to(z_canvas), diff.latent.to(z_canvas)], dim=1)  # canvas first
+        x = torch.cat([z_canvas, z_target.to(z_canvas), difference.to(z_canvas)], dim=1)  # canvas first
         logits = self.nets.unet(x, context).float()
-        return MaskPrediction(logits, torch.sigmoid(logits), diff.latent, diff.map, z_canvas, z_target, context)
+        return MaskPrediction(logits, torch.sigmoid(logits), difference, difference_map, z_canvas, z_target, context)
 
     def choose(self, prediction: MaskPrediction, previous_full: torch.Tensor | None, first: bool,
                ladder: bool = True, threshold: float = 0.5) -> LadderResult:

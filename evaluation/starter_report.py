@@ -164,12 +164,13 @@ def main(argv=None) -> int:
                    help="override the model's paint default")
     p.add_argument("--difference-fallback", action=argparse.BooleanOptionalAction, default=None,
                    help="override the model's paint default")
+    p.add_argument("--reask", type=int, default=None, help="override the model's paint default")
     p.add_argument("--guidance", type=float, nargs=5, default=None, metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"),
                    help="override the model's guidance scales")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     overrides = {"denoise": a.denoise, "start_from": a.start_from, "keep_unmasked": a.keep_unmasked,
-                 "difference_fallback": a.difference_fallback, "scales": a.guidance}
+                 "difference_fallback": a.difference_fallback, "reask": a.reask, "scales": a.guidance}
 
     from .sequences import load_sequences
 

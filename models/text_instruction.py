@@ -838,6 +838,29 @@ class TextInstructionGenerator:
         )
         return out[0, inputs["input_ids"].shape[1]:].tolist()
 
+    @torch.no_grad()
+    def alternatives(self, canvas_uint8: np.ndarray, target_uint8: np.ndarray, count: int,
+                     question: str = TP_QUESTION, max_new_tokens: int = 512,
+                     stop_strings: Sequence[str] | None = None) -> list[str]:
+        """Up to ``count`` distinct answers for [canvas | target], most likely first (beam search with
+        ``count`` beams; an answer's score is its mean token log-probability; ``stop_strings`` cut the
+        decoded texts). The loop asks for these when the greedy answer names a region the mask generator
+        finds finished (``PaintSettings.reask``)."""
+        inputs = self.build_inputs(canvas_uint8, target_uint8, question)
+        pad = self.tokenizer.pad_token_id
+        out = self.model.generate(
+            **inputs, do_sample=False, num_beams=int(count), num_return_sequences=int(count),
+            temperature=None, top_p=None, top_k=None, max_new_tokens=int(max_new_tokens), use_cache=True,
+            eos_token_id=self.eos_token_id, pad_token_id=self.eos_token_id if pad is None else pad,
+            suppress_tokens=self.suppress_token_ids or None,
+        )
+        answers: list[str] = []
+        for row in out[:, inputs["input_ids"].shape[1]:].tolist():
+            text = self.decode(row, stop_strings)
+            if text and text not in answers:
+                answers.append(text)
+        return answers
+
     def decode(self, ids: Sequence[int], stop_strings: Sequence[str] | None = None) -> str:
         """The official post-processing: ``batch_decode(skip_special_tokens=True)[0].strip()``."""
         text = self.tokenizer.batch_decode([list(ids)], skip_special_tokens=True)[0]

@@ -55,6 +55,13 @@ class PlannedInstructions:
         self.sources.append("list (repeated)")
         return fixed[-1]
 
+    def alternatives(self, canvas, target, count: int) -> list[str]:
+        """Other answers for the keyframe just asked (``PaintSettings.reask``): the text model's, when it gave
+        that keyframe's instruction; none for a written one (the list is the user's choice)."""
+        if not self.sources or self.sources[-1] != "text_model" or not hasattr(self.text_model, "alternatives"):
+            return []
+        return self.text_model.alternatives(canvas, target, count)
+
 
 def _user_masks(masks, n_max: int):
     """MASK batch -> per-keyframe list; empty (all-zero) masks let the mask generator decide."""

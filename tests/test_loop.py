@@ -182,6 +182,63 @@ def test_loop_uses_the_difference_fallback(painter, target, monkeypatch):
     assert k.mask_area > 0.05 and torch.equal(k.mask_latent, k.difference.float())
 
 
+class _Asker:
+    """A text generator that always answers "sky" and offers ``others`` as its next answers."""
+
+    def __init__(self, others):
+        self.others, self.calls = list(others), []
+
+    def generate(self, canvas, target, keyframe_index=0):
+        return "sky"
+
+    def alternatives(self, canvas, target, count):
+        self.calls.append(count)
+        return (["sky"] + self.others)[:count]
+
+
+def test_reask_paints_the_next_answer_with_a_region(painter, target, monkeypatch):
+    """With ``reask``, an answer whose region the mask generator finds finished (under 5 % at 0.5) a second
+    time is replaced by the first other answer it finds a region for; the first keyframe and user lists are
+    left alone."""
+    gen = painter.mask_generator
+    forward = gen._forward
+
+    def only_grass_left(z_canvas, z_target, difference, difference_map, instruction, interval_s):
+        p = forward(z_canvas, z_target, difference, difference_map, instruction, interval_s)
+        sure = torch.full_like(p.logits, 20.0 if instruction == "grass" else -20.0)
+        return MaskPrediction(sure, torch.sigmoid(sure), *[getattr(p, f) for f in
+                                                           ("difference", "difference_map", "z_canvas", "z_target", "context")])
+
+    from inverse_painting.core.mask_generator import MaskPrediction
+
+    monkeypatch.setattr(gen, "_forward", only_grass_left)
+
+    def run(asker, reask):
+        settings = PaintSettings(steps=1, max_keyframes=3, short_side=64, reask=reask)
+        return list(painter.paint(target, settings, instructions=asker))
+
+    asker = _Asker(["rock", "grass"])
+    frames = run(asker, 2)  # keyframe 0 is never re-asked, keyframe 1 is the first time "sky" looks finished
+    assert [k.instruction for k in frames] == ["sky", "sky", "grass"] and asker.calls == [3]
+    assert frames[1].mask_area < 0.05 and frames[2].mask_area == 1.0 and frames[2].threshold == 0.5
+    note = frames[2].ladder[0]
+    assert "'grass' used" in note["decision"] and [t["instruction"] for t in note["tried"]] == ["rock", "grass"]
+    assert [t["area"] for t in note["tried"]] == [0.0, 1.0]
+    json.dumps(frames[2].record())
+
+    asker = _Asker(["rock", "grass"])
+    frames = run(asker, 1)  # one other answer may be tried: "rock" has no region, "sky" is kept
+    assert [k.instruction for k in frames] == ["sky"] * 3 and "kept" in frames[2].ladder[0]["decision"]
+    assert frames[2].ladder[0]["tried"] == [{"instruction": "rock", "area": 0.0}]
+
+    asker = _Asker(["rock", "grass"])
+    assert [k.instruction for k in run(asker, 0)] == ["sky"] * 3 and asker.calls == []  # the release
+    manual = list(painter.paint(target, PaintSettings(steps=1, max_keyframes=3, short_side=64, reask=2),
+                                instructions=ManualInstructions(["sky"])))
+    assert [k.instruction for k in manual] == ["sky"] * 3
+    assert not any(e["decision"].startswith("re-asked") for k in manual for e in k.ladder)
+
+
 def test_start_canvas_user_masks_and_step_callback(painter, target):
     start = np.full((72, 100, 3), 128, np.uint8)
     mask = np.zeros((72, 100), np.float32)
@@ -226,10 +283,10 @@ def test_cli_paints_and_writes_outputs(tiny_release, tmp_path, target):
     assert main(["paint", str(tmp_path / "missing.png"), "--models", str(tiny_release)]) == 2
     assert main(["paint", str(img), "--models", str(tiny_release), "--out", str(tmp_path / "o2"), "--instructions",
                  "sky", "--steps", "2", "--max-keyframes", "1", "--short-side", "64", "--denoise", "0.5",
-                 "--start-from", "target_in_mask", "--keep-unmasked", "--difference-fallback"]) == 0
+                 "--start-from", "target_in_mask", "--keep-unmasked", "--difference-fallback", "--reask", "3"]) == 0
     settings = json.loads((tmp_path / "o2" / "manifest.json").read_text())["settings"]
-    assert (settings["denoise"], settings["start_from"], settings["keep_unmasked"], settings["difference_fallback"]) \
-        == (0.5, "target_in_mask", True, True)
+    assert (settings["denoise"], settings["start_from"], settings["keep_unmasked"], settings["difference_fallback"],
+            settings["reask"]) == (0.5, "target_in_mask", True, True, 3)
 
 
 def test_parity_cli_fails_on_a_broken_fixture(parity, tmp_path):

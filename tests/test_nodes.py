@@ -350,6 +350,25 @@ def test_timelapse_text_model_fills_in(model, target):
                                                                                        "text_model"]
 
 
+def test_planned_instructions_offer_the_text_models_alternatives():
+    """The loop's re-asking (PaintSettings.reask) gets the text model's other answers only for a keyframe the text
+    model named; a written instruction has none."""
+    from inverse_painting.nodes.timelapse import PlannedInstructions
+
+    class Asked(_FakeText):
+        def alternatives(self, canvas, target, count):
+            return [f"other {i}" for i in range(count)]
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    plan = PlannedInstructions("? | river", Asked())
+    assert plan.generate(img, img, keyframe_index=0) == "thing 0"
+    assert plan.alternatives(img, img, 2) == ["other 0", "other 1"]
+    assert plan.generate(img, img, keyframe_index=1) == "river" and plan.alternatives(img, img, 2) == []
+    plain = PlannedInstructions("?", _FakeText())  # a text model without alternatives
+    plain.generate(img, img, keyframe_index=0)
+    assert plain.alternatives(img, img, 2) == []
+
+
 def test_timelapse_start_canvas_and_user_masks(model, target):
     start = torch.zeros(1, 30, 30, 3)
     start[..., 0] = 0.5

@@ -270,6 +270,15 @@ def test_generate_text_stop_strings_and_keyframe_index(gen_orig, images):
         gen_orig.tokenizer.decode(cut, skip_special_tokens=True).split(stop)[0].strip()
 
 
+def test_alternatives_are_distinct_beam_answers(gen_orig, images):
+    """One beam is greedy decoding; more beams give several distinct answers, deterministically."""
+    greedy = gen_orig.generate(*images, max_new_tokens=MAX_NEW)
+    assert gen_orig.alternatives(*images, 1, max_new_tokens=MAX_NEW) == ([greedy] if greedy else [])
+    answers = gen_orig.alternatives(*images, 4, max_new_tokens=MAX_NEW)
+    assert 1 < len(answers) <= 4 and len(set(answers)) == len(answers) and all(a.strip() == a and a for a in answers)
+    assert gen_orig.alternatives(*images, 4, max_new_tokens=MAX_NEW) == answers
+
+
 def test_mixed_precision_llm_with_fp32_vision_tower(fx, images):
     gen = TextInstructionGenerator.from_pretrained(fx["orig_with_tower"], dtype=torch.bfloat16,
                                                    vision_dtype=torch.float32)
