@@ -25,12 +25,13 @@ Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>
    tokenizer trained on the prompt template and the instruction vocabulary, randomly initialised, then
    trained with the text trainer (LoRA + projector + the vision tower, which is random here, merged at
    export; training/trainers/text_generator.py);
-8. optional, off in the full preset: ``rollouts`` (``--text-rollouts``, training/text_rollouts.py): the trained networks paint every training
-   painting, each keyframe's instruction coming from the real label sequence with the given probability
-   (else from the text generator of step 7), and a second text generator (``--text-vocab-rollouts``,
-   ``--batch-text-rollouts``, ``--steps-text-rollouts``) is trained on the real frames + every canvas the loop
-   showed, labelled with the real sequence (trained on real frames alone, the text generator meets canvases
-   it has never seen); on validation this did not yet paint better (training/README.md);
+8. ``rollouts`` (``--text-rollouts``, ``1.0,0.5`` in the full preset, ``none`` skips it; training/text_rollouts.py):
+   the trained networks paint every training painting, each keyframe's instruction coming from the real
+   label sequence with the given probability (else from the text generator of step 7), and a second text
+   generator (``--text-vocab-rollouts``, ``--batch-text-rollouts``, ``--steps-text-rollouts``) is trained on
+   the real frames + every canvas the loop showed, labelled with the real sequence (trained on real frames
+   alone, the text generator meets canvases it has never seen); with the loop's re-asking
+   (``PaintSettings.reask``) it painted better on validation (training/README.md);
 9. ``assemble`` into ``--out`` in the release layout (renderer/, RP/, TP_llava/, base/, clip/), weights as
    safetensors only (checkpoints stored in fp16 unless ``--fp32``), plus ``MODEL_CARD.md`` and
    ``starter.json`` (the exact options, per-stage losses and timings).
@@ -67,7 +68,7 @@ PRESETS = {
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
                  renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
                  # the text generator is retrained on the loop's own canvases (training/README.md: with the
-                 # loop's re-asking, ahead of both baselines on validation; "none" turns the rollouts off)
+                 # loop's re-asking, better on 40 validation processes than without; "none" turns them off)
                  text_rollouts="1.0,0.5", steps_text_rollouts=8000, batch_text_rollouts=8, text_vocab_rollouts=512),
     "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0,
                   steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
@@ -390,7 +391,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   see `PaintSettings` and `core/loading.py`) instead of a
   render from pure noise: from pure noise the briefly trained renderer drifts in colour (dark, saturated regions).
   {_reask_line(paint.get('reask', 0))}
-  These values were picked on validation processes (synthetic seeds 2000 and 3000), not on the benchmark set.
+  These values were picked on validation processes (synthetic seeds 2000 to 4000), not on the benchmark set.
 - Text model: `{out.name}/TP_llava` (or write the instructions by hand).
 - Reproducibility: same command, seed, torch version and device -> the same weights (CPU runs are bit-exact
   for a given thread count; GPU kernels may differ in the last bits).
@@ -508,8 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a smaller one)")
     p.add_argument("--text-rollouts",
                    help="expert shares of the rollouts that retrain the text generator on the loop's own canvases "
-                        "(training/text_rollouts.py), e.g. 1.0,0.5: one rollout led by the real label sequence, one "
-                        "where the model answers half the keyframes; 'none' (full preset): real frames only")
+                        "(training/text_rollouts.py), e.g. 1.0,0.5 (full preset): one rollout led by the real label "
+                        "sequence, one where the model answers half the keyframes; 'none': real frames only")
     p.add_argument("--steps-text-rollouts", type=int, help="steps of the text generator trained on the rollouts")
     p.add_argument("--batch-text-rollouts", type=int, help="its batch (full preset 8)")
     p.add_argument("--text-vocab-rollouts", type=int, help="its SentencePiece vocabulary (full preset 512)")
@@ -731,6 +732,7 @@ def rollout_model(o: dict, work: Path) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     assemble(dest, base=str(work / "skeleton"), renderer=str(runs / "renderer"), mask=str(runs / "rp"),
              text=str(runs / "text"), link_base=True, link_trained=True)
+    # (``reask`` does nothing here: the expert mixture that gives the rollouts' instructions has no alternatives)
     (dest / "starter.json").write_text(json.dumps({"options": {"size": int(o["size"])},
                                                    "paint_defaults": dict(STARTER_PAINT_DEFAULTS)}))
     return dest
