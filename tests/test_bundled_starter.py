@@ -39,6 +39,24 @@ def test_main_command_paints_the_example_with_the_starter(tmp_path, capsys):
     assert "keyframe   1" in capsys.readouterr().out
 
 
+def test_starter_text_model_offers_alternatives_from_its_vocabulary():
+    """The node's text model gives the loop's re-asking (the starter's ``reask``) distinct answers of the
+    instruction vocabulary, its greedy answer among them, and stops at the v0 separator."""
+    from inverse_painting.nodes.model_nodes import InversePaintingTextModel
+
+    rec = json.loads((STARTER / "starter.json").read_text())
+    assert rec["paint_defaults"]["reask"] == 4
+    vocabulary = set(rec["data"]["instructions"])
+    text = InversePaintingTextModel(STARTER / "TP_llava", device="cpu", precision="fp32", max_new_tokens=16)
+    target = np.asarray(Image.open(PACK / "assets" / "example.png").convert("RGB").resize((160, 128)))
+    canvas = np.full_like(target, 255)
+    canvas[:48] = target[:48]  # the sky painted
+    answers = text.alternatives(canvas, target, 5)
+    assert 2 <= len(answers) <= 5 and len(set(answers)) == len(answers)
+    assert all("###" not in a for a in answers) and sum(a in vocabulary for a in answers) >= 2
+    assert text.generate(canvas, target) in answers
+
+
 @pytest.mark.parametrize("name", ["timelapse_full", "single_step", "manual_instructions", "custom_sampler"])
 def test_example_workflows_default_to_the_starter(name):
     wf = json.loads((PACK / "workflows" / f"{name}.json").read_text())
