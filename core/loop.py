@@ -191,9 +191,16 @@ class Painter:
         return torch.nn.functional.interpolate(lat, size=(H, W), mode="nearest")
 
     def _reask(self, text, canvas: np.ndarray, target: np.ndarray, instruction: str, prediction: MaskPrediction,
-               settings: PaintSettings) -> tuple[str, MaskPrediction, dict | None]:
-        """``settings.reask``: the first other answer of ``text`` whose mask covers ``MIN_AREA`` at
-        ``REASK_THRESHOLD``; the given one when there is none. Returns (instruction, prediction, trail entry)."""
+               settings: PaintSettings, finished: set[str]) -> tuple[str, MaskPrediction, dict | None]:
+        """``settings.reask``: keep ``instruction`` unless its region was found finished (``finished``: the
+        answers found so before, updated here) and is again; then the first other answer of ``text`` whose mask
+        covers ``MIN_AREA`` at ``REASK_THRESHOLD``. Returns (instruction, prediction, trail entry or None)."""
+        if prediction.area(REASK_THRESHOLD) >= MIN_AREA:
+            finished.discard(instruction)
+            return instruction, prediction, None
+        if instruction not in finished:  # first time: one more pass over the region, as the release
+            finished.add(instruction)
+            return instruction, prediction, None
         ask = getattr(text, "alternatives", None)
         if ask is None:  # a user list has no second answer
             return instruction, prediction, None
@@ -267,13 +274,8 @@ class Painter:
                                                    settings.difference_threshold, target_latents=tstate.latents)
                 reasked = None
                 if settings.reask > 0 and k > 0:
-                    if pred.area(REASK_THRESHOLD) >= MIN_AREA:
-                        finished.discard(instruction)
-                    elif instruction not in finished:  # first time: one more pass over the region, as the release
-                        finished.add(instruction)
-                    else:
-                        instruction, pred, reasked = self._reask(text, canvas, target_img, instruction, pred,
-                                                                 settings)
+                    instruction, pred, reasked = self._reask(text, canvas, target_img, instruction, pred, settings,
+                                                             finished)
                 chosen = self.mask_generator.choose(pred, prev_mask, first=k == 0, ladder=settings.threshold_ladder)
                 if reasked is not None:
                     chosen.trail.insert(0, reasked)

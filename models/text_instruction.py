@@ -827,16 +827,21 @@ class TextInstructionGenerator:
 
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_StopOnStrings(self.tokenizer, inputs["input_ids"].shape[1], stop_strings)])
+        return self._decode_new(inputs, max_new_tokens, num_beams=1, **kwargs)[0]
+
+    def _decode_new(self, inputs: dict, max_new_tokens: int, num_beams: int, **kwargs) -> list[list[int]]:
+        """Deterministic decoding (greedy, or beam search with ``num_beams``): the new token ids of each returned
+        sequence."""
         pad = self.tokenizer.pad_token_id
         out = self.model.generate(
-            **inputs, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+            **inputs, do_sample=False, num_beams=int(num_beams), temperature=None, top_p=None, top_k=None,
             max_new_tokens=int(max_new_tokens), use_cache=True, eos_token_id=self.eos_token_id,
             pad_token_id=self.eos_token_id if pad is None else pad,
             # The image token and padding rows do not exist in the official 32000-row vocabulary;
             # masking their logits keeps greedy decoding identical to it.
             suppress_tokens=self.suppress_token_ids or None, **kwargs,
         )
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return out[:, inputs["input_ids"].shape[1]:].tolist()
 
     @torch.no_grad()
     def alternatives(self, canvas_uint8: np.ndarray, target_uint8: np.ndarray, count: int,
@@ -847,15 +852,8 @@ class TextInstructionGenerator:
         decoded texts). The loop asks for these when the greedy answer names a region the mask generator
         finds finished (``PaintSettings.reask``)."""
         inputs = self.build_inputs(canvas_uint8, target_uint8, question)
-        pad = self.tokenizer.pad_token_id
-        out = self.model.generate(
-            **inputs, do_sample=False, num_beams=int(count), num_return_sequences=int(count),
-            temperature=None, top_p=None, top_k=None, max_new_tokens=int(max_new_tokens), use_cache=True,
-            eos_token_id=self.eos_token_id, pad_token_id=self.eos_token_id if pad is None else pad,
-            suppress_tokens=self.suppress_token_ids or None,
-        )
         answers: list[str] = []
-        for row in out[:, inputs["input_ids"].shape[1]:].tolist():
+        for row in self._decode_new(inputs, max_new_tokens, num_beams=count, num_return_sequences=int(count)):
             text = self.decode(row, stop_strings)
             if text and text not in answers:
                 answers.append(text)

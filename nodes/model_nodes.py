@@ -225,19 +225,20 @@ class InversePaintingTextModel:
         managed = cb.ManagedModules({"llava": gen.model}, self.device)
         return gen, managed
 
-    def generate(self, canvas: np.ndarray, target: np.ndarray, keyframe_index: int = 0) -> str:
+    def _ready(self):
         gen, managed = _cached(self.key, self._build)
         managed.ensure_loaded()
         cb.check_interrupt()
-        return gen.generate(canvas, target, max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings)
+        return gen
+
+    def generate(self, canvas: np.ndarray, target: np.ndarray, keyframe_index: int = 0) -> str:
+        return self._ready().generate(canvas, target, max_new_tokens=self.max_new_tokens,
+                                      stop_strings=self.stop_strings)
 
     def alternatives(self, canvas: np.ndarray, target: np.ndarray, count: int) -> list[str]:
         """The model's most likely answers, best first (``PaintSettings.reask``)."""
-        gen, managed = _cached(self.key, self._build)
-        managed.ensure_loaded()
-        cb.check_interrupt()
-        return gen.alternatives(canvas, target, count, max_new_tokens=self.max_new_tokens,
-                                stop_strings=self.stop_strings)
+        return self._ready().alternatives(canvas, target, count, max_new_tokens=self.max_new_tokens,
+                                          stop_strings=self.stop_strings)
 
     def __repr__(self) -> str:
         return f"InversePaintingTextModel({self.path.name}, {self.device}, {self.dtype})"

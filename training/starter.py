@@ -331,11 +331,11 @@ def write_model_card(out: Path, rec: dict) -> None:
                      "full build with the same options (data and the other networks reused). Every stage is seeded from "
                      "`--seed`, so the command above builds the same weights in one go (on a CPU: with the same number "
                      "of threads per stage).\n")
-    elsewhere = st.get("rollouts", {}).get("rollout_machine")
-    if elsewhere:  # canvases painted on another machine: same recipe, not the same bits
-        retrained = retrained.rstrip("\n") + (f" Except the text generator: its rollout canvases were painted on another "
-                                              f"machine ({elsewhere}), so a local run trains it on slightly different "
-                                              "canvases.\n")
+        elsewhere = st.get("rollouts", {}).get("rollout_machine")
+        if elsewhere:  # canvases painted on another machine: same recipe, not the same bits
+            retrained = retrained[:-1] + (f" Except the text generator: its rollout canvases were painted on another "
+                                          f"machine ({elsewhere}), so a local run trains it on slightly different "
+                                          "canvases.\n")
     text = f"""# Inverse Painting starter model ({'smoke preset' if o['smoke'] else 'starter recipe'})
 
 A small model trained **only on synthetic painting processes** by the pack's training kit, so that the nodes
