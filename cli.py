@@ -68,7 +68,7 @@ def cmd_paint(args) -> int:
         short_side=args.short_side, fast_guidance=not args.six_branch, scales=GuidanceScales(*args.guidance),
         compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise,
         start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback,
-        reask=args.reask)
+        reask=args.reask, stop_stalled=args.stop_stalled, finish_frames=args.finish_frames)
     working = prepare_image(img, settings.short_side)
     if working.note:
         print(f"input: {working.note}")
@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when the text model names a region the mask generator finds finished for the second "
                             "time, try up to this many of its next answers (default: the model folder's choice; "
                             "0 = the release)")
+    paint.add_argument("--stop-stalled", type=int, default=None,
+                       help="also stop when the last N keyframes got no closer to the target than the best one "
+                            "before them (default: the model folder's choice; 0 = the release)")
+    paint.add_argument("--finish-frames", type=int, default=None,
+                       help="after the stop, N keyframes cross-fading to the painting itself, so the time-lapse "
+                            "ends on it (default: the model folder's choice; 0 = the release)")
     paint.add_argument("--device")
     paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")

@@ -3,7 +3,9 @@
 Each keyframe: text instruction (LLaVA, or a user list) -> difference mask + mask generator (one pass,
 threshold ladder) -> renderer -> stop-rule distances. The stop tests run before each keyframe, as in
 the release: stop when the last LPIPS(target, keyframe) < 0.1, or when the last two
-LPIPS(canvas, keyframe) < 1e-3 once more than three keyframes exist, or at ``max_keyframes``.
+LPIPS(canvas, keyframe) < 1e-3 once more than three keyframes exist, or at ``max_keyframes``; optionally
+(``stop_stalled``) when the keyframes stopped getting closer to the target. After the stop, optional
+finishing keyframes (``finish_frames``) cross-fade to the target painting so the time-lapse ends on it.
 
 Everything stays in memory (the release writes and re-reads PNGs several times per keyframe). The loop
 is a generator: it yields each :class:`Keyframe` as soon as it is made, so callers can stream previews
@@ -30,10 +32,15 @@ from .sampling import NoiseSource
 
 # the PaintSettings a model folder may choose (core/loading.paint_defaults), the rest being per run
 MODEL_PAINT_CHOICES = ("short_side", "compare_to", "denoise", "start_from", "keep_unmasked", "difference_fallback",
-                       "reask")
+                       "reask", "stop_stalled", "finish_frames")
 
 
 REASK_THRESHOLD = 0.5  # the ladder's first threshold: below MIN_AREA there, a region counts as finished
+STALL_MIN_GAIN = 0.01  # ``stop_stalled``: a keyframe must get this much closer to the target than the best before
+# ``stop_stalled`` waits for this many keyframes: the first layers of a real process (the sky, then the moon or
+# the clouds in it) barely move the distance to a target that is still mostly unpainted, so they look stalled
+STALL_MIN_KEYFRAMES = 8
+FINISH_INSTRUCTION = "(finish)"  # the instruction of the finishing keyframes (``finish_frames``)
 
 
 @dataclass
@@ -83,6 +90,15 @@ class PaintSettings:
     # keyframe on a region, and re-asking at once paints faster than they do (worse LPIPS on validation).
     # Skipped on the first keyframe and for user instructions (no alternatives to ask).
     reask: int = 0
+    # > 0: also stop when the last this-many keyframes got no closer to the target (``compare_to``) than the best
+    # keyframe before them, by STALL_MIN_GAIN, once STALL_MIN_KEYFRAMES exist. Release: 0. Its "stopped
+    # changing" rule does not fire when each keyframe starts from the noised canvas (denoise < 1): the renderer
+    # then keeps re-painting a canvas it cannot improve, with small changes everywhere, until max_keyframes.
+    stop_stalled: int = 0
+    # > 0: after the stop, this many more keyframes cross-fade (pixel space, one interval apart) from the last
+    # keyframe to the target painting itself, so the time-lapse ends on the painting, as a real one does.
+    # Release: 0, the time-lapse ends on the last render (never pixel-exact: the VAE alone loses detail).
+    finish_frames: int = 0
 
     @classmethod
     def for_model(cls, root, **settings) -> "PaintSettings":
@@ -115,6 +131,7 @@ class Keyframe:
     lpips_change: float  # LPIPS(previous canvas, this keyframe)
     latents: torch.Tensor
     size: tuple[int, int]
+    finishing: bool = False  # a cross-fade to the target after the stop (``finish_frames``), not a render
 
     @property
     def cropped(self) -> np.ndarray:
@@ -127,10 +144,13 @@ class Keyframe:
 
     def record(self) -> dict:
         """JSON-friendly summary (manifest entry)."""
-        return {"index": self.index, "time_s": self.time_s, "instruction": self.instruction,
-                "mask_area": round(self.mask_area, 6), "mask_threshold": self.threshold,
-                "lpips_to_target": round(self.lpips_to_target, 6), "lpips_change": round(self.lpips_change, 6),
-                "ladder": self.ladder}
+        rec = {"index": self.index, "time_s": self.time_s, "instruction": self.instruction,
+               "mask_area": round(self.mask_area, 6), "mask_threshold": self.threshold,
+               "lpips_to_target": round(self.lpips_to_target, 6), "lpips_change": round(self.lpips_change, 6),
+               "ladder": self.ladder}
+        if self.finishing:
+            rec["finishing"] = True
+        return rec
 
 
 class ManualMasks:
@@ -156,6 +176,20 @@ def keyframe_start(models: ModelSet, settings: PaintSettings, canvas: np.ndarray
     if settings.start_from != "canvas":
         raise ValueError(f"start_from must be 'canvas' or 'target_in_mask', not {settings.start_from!r}")
     return start
+
+
+def stalled(to_target: Sequence[float], keyframes: int) -> bool:
+    """``PaintSettings.stop_stalled``: the last ``keyframes`` distances are none of them STALL_MIN_GAIN below the
+    best distance before them, and there are STALL_MIN_KEYFRAMES or more."""
+    n = int(keyframes)
+    return (0 < n < len(to_target) and len(to_target) >= STALL_MIN_KEYFRAMES
+            and min(to_target[-n:]) > min(to_target[:-n]) - STALL_MIN_GAIN)
+
+
+def cross_fade(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """uint8 (1 - t) a + t b, rounded."""
+    mix = a.astype(np.float32) * (1.0 - t) + b.astype(np.float32) * t
+    return np.clip(np.rint(mix), 0, 255).astype(np.uint8)
 
 
 def paste_unmasked(canvas: np.ndarray, image: np.ndarray, mask_full: torch.Tensor) -> np.ndarray:
@@ -259,6 +293,9 @@ class Painter:
             if to_target and to_target[-1] < settings.stop_target_distance:
                 self.last_stop_reason = "close_to_target"
                 break
+            if stalled(to_target, settings.stop_stalled):
+                self.last_stop_reason = "stopped_improving"
+                break
             instruction = str(text.generate(canvas, target_img, keyframe_index=k)).strip()
             user = user_masks.get(k) if user_masks is not None else None
             if user is not None:
@@ -306,6 +343,28 @@ class Painter:
                            result.latents, working.size)
             canvas = working.repad(image)  # crop to the painted area, re-blacken the pad
             prev_mask, prev_latents = chosen.mask_full, result.latents
+        yield from self._finish(canvas, target_img, reference, working, settings, len(to_target))
+
+    def _finish(self, canvas: np.ndarray, target: np.ndarray, reference: np.ndarray, working: WorkingImage,
+                settings: PaintSettings, painted: int) -> Iterator[Keyframe]:
+        """``settings.finish_frames`` keyframes after the last of ``painted``: the last canvas cross-faded to the
+        target in equal steps, the last one the target itself. Their mask is where the canvas still differs
+        from the target (the difference mask), the region the cross-fade finishes."""
+        n = settings.finish_frames
+        if n <= 0:
+            return
+        region = compute_difference_mask(self.metric, canvas, target, settings.difference_threshold,
+                                          working.latent_hw)
+        previous = canvas
+        for i in range(1, n + 1):
+            image = cross_fade(canvas, target, i / n)  # both have the black pad: so has the mix
+            k = painted + i
+            yield Keyframe(k, k * settings.interval_s, image, FINISH_INSTRUCTION, region.full, region.latent,
+                           region.latent, None, [{"decision": f"finish: cross-fade to the target, {i}/{n}"}],
+                           stop_rule_distance(self.metric, reference, image),
+                           stop_rule_distance(self.metric, previous, image), self.models.image_latents(image),
+                           working.size, finishing=True)
+            previous = image
 
 
 def collect_process(painter: Painter, working: WorkingImage, settings: PaintSettings, instructions=None,

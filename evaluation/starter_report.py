@@ -7,9 +7,11 @@
 2. paints each finished painting with the starter model (the CLI's painting loop and defaults);
 3. writes the two baselines of :mod:`.baselines` with as many keyframes as the starter used for that
    painting, so all three differ only in *what* is painted *when*;
-4. runs the evaluation CLI (:func:`.cli.run`) for each method against the real processes and writes
-   ``results.json`` and ``results.md`` (the table), plus, for ``--figure-painting``, a keyframe strip
-   (real / starter / baselines at the same times) and the starter's time map.
+4. runs the evaluation CLI (:func:`.cli.run`) for each method against the real processes (and, when the
+   starter ends with finishing keyframes, ``PaintSettings.finish_frames``, for its runs without them: a row
+   that is not ranked) and writes ``results.json`` and ``results.md`` (the table), plus, for
+   ``--figure-painting``, a keyframe strip (real / starter / baselines at the same times) and the
+   starter's time map.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import numpy as np
 from .baselines import BASELINES, write_baseline
 
 METHODS = ("starter",) + BASELINES
-LABELS = {"starter": "starter model", "crossfade": "cross-fade (white -> target)", "tiles": "random 8x8 tiles",
+LABELS = {"starter": "starter model", "starter_unfinished": "starter model without its finishing cross-fade (not ranked)",
+          "crossfade": "cross-fade (white -> target)", "tiles": "random 8x8 tiles",
           "vae_bound": "real process through the starter's VAE (bound, not a method)"}
 
 
@@ -97,6 +100,26 @@ def write_vae_bound(models, real: dict, out: Path) -> None:
                       {"bound": "real frames through the VAE"}, video=())
 
 
+def without_finishing(src: Path, dst: Path) -> bool:
+    """The processes painted in ``src`` without their finishing keyframes (``PaintSettings.finish_frames``), in
+    ``dst``: what the model painted itself. False, and nothing written, when no process has any."""
+    found = False
+    for manifest in sorted(src.glob("*/manifest.json")):
+        data = json.loads(manifest.read_text())
+        kept = [e for e in data["keyframes"] if not e.get("finishing")]
+        found |= len(kept) < len(data["keyframes"])
+        folder = dst / manifest.parent.name
+        for entry in kept:
+            for key in ("file", "mask_file"):
+                if key in entry:
+                    (folder / entry[key]).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(manifest.parent / entry[key], folder / entry[key])
+        (folder / "manifest.json").write_text(json.dumps({**data, "keyframes": kept}, indent=1))
+    if not found:
+        shutil.rmtree(dst, ignore_errors=True)
+    return found
+
+
 def evaluate_method(generated: Path, real_dir: Path, out: Path, plots: bool) -> dict:
     from .cli import run
 
@@ -165,12 +188,15 @@ def main(argv=None) -> int:
     p.add_argument("--difference-fallback", action=argparse.BooleanOptionalAction, default=None,
                    help="override the model's paint default")
     p.add_argument("--reask", type=int, default=None, help="override the model's paint default")
+    p.add_argument("--stop-stalled", type=int, default=None, help="override the model's paint default")
+    p.add_argument("--finish-frames", type=int, default=None, help="override the model's paint default")
     p.add_argument("--guidance", type=float, nargs=5, default=None, metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"),
                    help="override the model's guidance scales")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     overrides = {"denoise": a.denoise, "start_from": a.start_from, "keep_unmasked": a.keep_unmasked,
-                 "difference_fallback": a.difference_fallback, "reask": a.reask, "scales": a.guidance}
+                 "difference_fallback": a.difference_fallback, "reask": a.reask, "stop_stalled": a.stop_stalled,
+                 "finish_frames": a.finish_frames, "scales": a.guidance}
 
     from .sequences import load_sequences
 
@@ -196,8 +222,10 @@ def main(argv=None) -> int:
         for name, seq in real.items():
             write_baseline(kind, out / kind / name, seq.target, counts[name], seed=a.seed)
     write_vae_bound(model_set, real, out / "vae_bound")
+    # the starter's own keyframes, for a row that shows what its finishing cross-fade adds
+    unfinished = ("starter_unfinished",) if without_finishing(out / "starter", out / "starter_unfinished") else ()
     overall, per = {}, {}
-    for m in METHODS + ("vae_bound",):
+    for m in METHODS[:1] + unfinished + METHODS[1:] + ("vae_bound",):
         rep = evaluate_method(out / m, real_dir, out / f"eval_{m}", plots=m == "starter")
         overall[m] = {k: rep["overall"][k] for k in ("lpips", "iou", "ddc", "dts_min", "num_paintings")}
         per[m] = {js["name"]: {k: js.get(k) for k in ("lpips", "iou", "ddc", "dts_min")} for js in rep["paintings"]}

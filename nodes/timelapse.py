@@ -74,7 +74,8 @@ def _user_masks(masks, n_max: int):
 
 class InversePaintingTimelapse:
     DESCRIPTION = ("Reconstructs a painting process: from a blank (or given) canvas to the target, one keyframe "
-                   "per interval, until the result is close to the target, stops changing, or max_keyframes. "
+                   "per interval, until the result is close to the target, stops changing (or improving), or "
+                   "max_keyframes; then optional frames cross-fading to the painting itself. "
                    "Returns the frames (first = start canvas), the masks, the instructions and a JSON timeline.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
@@ -127,12 +128,18 @@ class InversePaintingTimelapse:
                                                "tooltip": "LPIPS threshold of the difference mask (release: 0.2)."}),
             "fast_guidance": ("BOOLEAN", {"default": True, "tooltip": "Skip zero-weight guidance branches (same "
                                           "result to float precision)."}),
+            "stop_stalled": ("INT", {"default": -1, "min": -1, "max": 100, "tooltip": "Also stop when the last N "
+                                     "keyframes got no closer to the target than the best one before them. -1: the "
+                                     "model's choice (a starter: 3; released weights: 0 = off, as the release)."}),
+            "finish_frames": ("INT", {"default": -1, "min": -1, "max": 100, "tooltip": "After the stop, N more frames "
+                                      "cross-fade to the painting itself, so the time-lapse ends on it. -1: the "
+                                      "model's choice (a starter: 2; released weights: 0 = off, as the release)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, target, interval, max_keyframes, seed, steps, stop_target_distance=0.1, stop_change=0.001,
             text_model=None, instructions="", masks=None, start_canvas=None, sampler=None, sigmas=None,
             threshold_ladder=True, combine_init=True, combine_ratio=0.2, difference_threshold=0.2,
-            fast_guidance=True, unique_id=None, **guidance):
+            fast_guidance=True, stop_stalled=-1, finish_frames=-1, unique_id=None, **guidance):
         model.require(renderer=True)
         plan = PlannedInstructions(instructions, text_model)
         user_masks = _user_masks(masks, int(max_keyframes))
@@ -144,7 +151,8 @@ class InversePaintingTimelapse:
             seed=int(seed), scales=scales_from(guidance), fast_guidance=bool(fast_guidance),
             difference_threshold=float(difference_threshold), threshold_ladder=bool(threshold_ladder),
             combine_init=bool(combine_init), combine_ratio=float(combine_ratio),
-            stop_target_distance=float(stop_target_distance), stop_change=float(stop_change))
+            stop_target_distance=float(stop_target_distance), stop_change=float(stop_change),
+            **{k: int(v) for k, v in (("stop_stalled", stop_stalled), ("finish_frames", finish_frames)) if v >= 0})
 
         loaded = model.load()
         painter = loaded.painter
@@ -173,7 +181,7 @@ class InversePaintingTimelapse:
             mask_frames.append(kf.mask[0:1, 0, :h, :w].float().cpu())
             lines.append(kf.instruction.replace("\n", " "))
             rec = kf.record()
-            rec["instruction_source"] = plan.sources[-1] if plan.sources else None
+            rec["instruction_source"] = "finish" if kf.finishing else (plan.sources[-1] if plan.sources else None)
             rec["elapsed_s"] = round(time.monotonic() - t0, 3)
             records.append(rec)
             progress.set(kf.index * n_steps, frames[-1])

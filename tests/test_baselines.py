@@ -63,7 +63,8 @@ def test_starter_report_end_to_end(tmp_path, capsys):
     assert starter_report.main(["--models", str(model), "--out", str(out), "--count", "2", "--steps", "1",
                                 "--max-keyframes", "3", "--figures", str(figs), "--update-card"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["overall"]) == {"starter", "crossfade", "tiles", "vae_bound"}
+    # the smoke starter ends with the starter's 2 finishing keyframes: a row without them is added
+    assert list(res["overall"]) == ["starter", "starter_unfinished", "crossfade", "tiles", "vae_bound"]
     # the bound: the real frames through the VAE, at the real times (DTS 0)
     from inverse_painting.evaluation.sequences import load_sequences
 
@@ -74,15 +75,20 @@ def test_starter_report_end_to_end(tmp_path, capsys):
     for m, o in res["overall"].items():
         assert o["num_paintings"] == 2
         assert all(np.isfinite(o[k]) or k == "iou" for k in ("lpips", "ddc", "dts_min")), (m, o)
-    # baselines get the starter's keyframe count per painting
+    # baselines get the starter's keyframe count per painting, finishing keyframes included
     for name, n in res["paint"]["keyframes"].items():
-        assert 1 <= n <= 3
+        assert 3 <= n <= 5
         man = json.loads((out / "crossfade" / name / "manifest.json").read_text())
         assert len(man["keyframes"]) == n + 1
+        painted = json.loads((out / "starter" / name / "manifest.json").read_text())["keyframes"]
+        assert [k.get("finishing", False) for k in painted] == [False] * (n - 1) + [True] * 2
+        own = json.loads((out / "starter_unfinished" / name / "manifest.json").read_text())["keyframes"]
+        assert own == painted[:-2] and all((out / "starter_unfinished" / name / k["file"]).is_file() for k in own)
     assert (figs / "starter_strip.png").stat().st_size > 0 and (figs / "starter_time_map.png").stat().st_size > 0
     table = (out / "results.md").read_text()
-    assert table.count("\n") == 6 and "starter model" in table and "random 8x8 tiles" in table
+    assert table.count("\n") == 7 and "starter model" in table and "random 8x8 tiles" in table
     assert "(bound, not a method)" in table and "**" not in table.splitlines()[-1]
+    assert "(not ranked)" in table.splitlines()[3] and "**" not in table.splitlines()[3]
     assert "| starter model |" in capsys.readouterr().out
     card = (model / "MODEL_CARD.md").read_text()
     assert "## Evaluation" in card and table.strip() in card

@@ -30,11 +30,17 @@ def test_main_command_paints_the_example_with_the_starter(tmp_path, capsys):
     assert Path(man["settings"]["models"]).resolve() == STARTER.resolve()
     s = man["settings"]
     assert (s["metric"], s["short_side"], s["compare_to"]) == ("stlpips_alex", 128, "reconstruction")
-    assert len(man["keyframes"]) == 3 and (out / "timelapse.webp").is_file() and (out / "timelapse.mp4").is_file()
+    # 2 painted keyframes, then the starter's 2 finishing keyframes (cross-fade to the painting)
+    assert [k.get("finishing", False) for k in man["keyframes"]] == [False, False, False, True, True]
+    assert (out / "timelapse.webp").is_file() and (out / "timelapse.mp4").is_file()
     frames = sorted((out / "frames").glob("*.png"))
-    last = np.asarray(Image.open(frames[-1]).convert("RGB"))
+    painted, last = (np.asarray(Image.open(frames[i]).convert("RGB")) for i in (2, -1))
     assert last.shape == (128, 160, 3)  # example.png is 640x512 (w x h) -> short side 128
-    assert last.std() > 5  # not a blank canvas
+    assert painted.std() > 5  # not a blank canvas
+    from inverse_painting.cli import EXAMPLE_IMAGE
+    from inverse_painting.core.imaging import prepare_image
+
+    assert np.array_equal(last, prepare_image(Image.open(EXAMPLE_IMAGE), 128).padded[:128, :160])  # the painting
     assert all(isinstance(k["instruction"], str) for k in man["keyframes"])
     assert "keyframe   1" in capsys.readouterr().out
 

@@ -61,6 +61,66 @@ def test_stop_rules(painter, target):
     assert len(frames) == 4 and painter.last_stop_reason == "canvas_stopped_changing"
 
 
+def test_stalled_rule():
+    from inverse_painting.core.loop import STALL_MIN_KEYFRAMES, stalled
+
+    head = [1.0] * (STALL_MIN_KEYFRAMES - 4)
+    assert stalled(head + [0.9, 0.6, 0.6, 0.595], 2)  # neither of the last two is 0.01 below the best before them
+    assert not stalled(head + [0.9, 0.6, 0.6, 0.585], 2)
+    assert not stalled([0.9, 0.6, 0.6, 0.595], 2)  # too few keyframes yet
+    assert not stalled([0.9] * 3, 3)  # no keyframe before the last three to compare with
+    assert not stalled([0.9] * 20, 0)  # 0: the release, off
+
+
+def test_stop_stalled_and_finishing_keyframes(painter, target, monkeypatch):
+    """``stop_stalled`` ends the loop once the distances to the target stop improving; ``finish_frames`` then
+    cross-fades the last keyframe to the target, the last finishing keyframe being the target itself."""
+    import inverse_painting.core.loop as loop
+    from inverse_painting.core.difference_mask import compute_difference_mask
+    from inverse_painting.core.imaging import prepare_image
+
+    measured = loop.stop_rule_distance
+    script = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.4, 0.4]  # stalled at the 8th keyframe (STALL_MIN_KEYFRAMES)
+    to_target = iter(script)
+    def scripted(metric, a, b):  # the distances to the reference follow the script, then are measured
+        value = next(to_target, None) if a is reference[0] else None
+        return measured(metric, a, b) if value is None else value
+
+    monkeypatch.setattr(loop, "stop_rule_distance", scripted)
+    reference = [None]
+    real_round_trip = painter.models.round_trip
+
+    def round_trip(image):  # compare_to="reconstruction": the loop's reference, caught to tell the calls apart
+        reference[0] = real_round_trip(image)
+        return reference[0]
+
+    monkeypatch.setattr(painter.models, "round_trip", round_trip)
+    settings = {"stop_stalled": 2, "stop_change": 0.0, "compare_to": "reconstruction"}
+    frames = _run(painter, target, max_keyframes=12, settings=settings)
+    assert len(frames) == 8 and painter.last_stop_reason == "stopped_improving"
+    assert not any(k.finishing for k in frames)
+
+    to_target = iter(script)
+    frames = _run(painter, target, max_keyframes=12, settings={**settings, "finish_frames": 2})
+    assert painter.last_stop_reason == "stopped_improving" and len(frames) == 10
+    last, (half, whole) = frames[7], frames[8:]
+    assert [k.index for k in (half, whole)] == [9, 10] and [k.time_s for k in (half, whole)] == [180, 200]
+    assert half.finishing and whole.finishing and half.instruction == whole.instruction == "(finish)"
+    working = prepare_image(target, 64)
+    assert np.array_equal(whole.image, working.padded)  # ends on the painting itself
+    canvas = working.repad(last.image)  # the last canvas: the keyframe with the pad blackened again
+    mean = (canvas.astype(np.float32) + working.padded) / 2
+    assert np.abs(half.image - mean).max() <= 0.5
+    region = compute_difference_mask(painter.metric, canvas, working.padded, 0.2, (8, 12))
+    assert torch.equal(half.mask, region.full) and torch.equal(whole.mask_latent, region.latent)
+    assert half.threshold is None and "finish" in half.ladder[0]["decision"]
+    assert half.record()["finishing"] is True and "finishing" not in last.record()
+    assert whole.lpips_to_target == measured(painter.metric, reference[0], whole.image)
+
+    frames = _run(painter, target, max_keyframes=2, settings={"finish_frames": 1})  # after max_keyframes too
+    assert len(frames) == 3 and np.array_equal(frames[2].image, working.padded) and frames[2].index == 3
+
+
 def test_compare_to_reconstruction(painter, target):
     """compare_to="reconstruction": masks and the stop distance measure against decode(encode(target))."""
     from inverse_painting.core.difference_mask import compute_difference_mask, stop_rule_distance
@@ -283,10 +343,14 @@ def test_cli_paints_and_writes_outputs(tiny_release, tmp_path, target):
     assert main(["paint", str(tmp_path / "missing.png"), "--models", str(tiny_release)]) == 2
     assert main(["paint", str(img), "--models", str(tiny_release), "--out", str(tmp_path / "o2"), "--instructions",
                  "sky", "--steps", "2", "--max-keyframes", "1", "--short-side", "64", "--denoise", "0.5",
-                 "--start-from", "target_in_mask", "--keep-unmasked", "--difference-fallback", "--reask", "3"]) == 0
-    settings = json.loads((tmp_path / "o2" / "manifest.json").read_text())["settings"]
+                 "--start-from", "target_in_mask", "--keep-unmasked", "--difference-fallback", "--reask", "3",
+                 "--stop-stalled", "4", "--finish-frames", "1"]) == 0
+    manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    settings = manifest["settings"]
     assert (settings["denoise"], settings["start_from"], settings["keep_unmasked"], settings["difference_fallback"],
-            settings["reask"]) == (0.5, "target_in_mask", True, True, 3)
+            settings["reask"], settings["stop_stalled"], settings["finish_frames"]) == (0.5, "target_in_mask", True,
+                                                                                       True, 3, 4, 1)
+    assert [k.get("finishing", False) for k in manifest["keyframes"]] == [False, False, True]
 
 
 def test_parity_cli_fails_on_a_broken_fixture(parity, tmp_path):

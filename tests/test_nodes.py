@@ -371,6 +371,23 @@ def test_planned_instructions_offer_the_text_models_alternatives():
     assert plain.alternatives(img, img, 2) == []
 
 
+def test_timelapse_finishing_frames(model, target):
+    """finish_frames: after the stop, frames cross-fading to the target (the last one the target); -1 keeps the
+    model's choice (a release: none)."""
+    frames, masks, instructions, timeline = _timelapse(model, target, instructions="sky", finish_frames=2)
+    assert frames.shape[0] == 5 and masks.shape[0] == 5
+    assert instructions.split("\n") == ["(start)", "sky", "sky", "(finish)", "(finish)"]
+    tl = json.loads(timeline)
+    assert [f.get("instruction_source") for f in tl["frames"][1:]] == ["list", "list (repeated)", "finish", "finish"]
+    assert tl["settings"]["finish_frames"] == 2 and tl["frames"][4]["finishing"] is True
+    from inverse_painting.nodes.convert import image_to_uint8
+
+    painting = model.working(image_to_uint8(target, 0, "target")).padded[:H, :W]  # the target at working size
+    assert torch.equal(frames[4], torch.from_numpy(painting).float() / 255)
+    assert not torch.equal(frames[3], frames[4]) and not torch.equal(frames[3], frames[2])
+    assert _timelapse(model, target, instructions="sky")[0].shape[0] == 3  # -1: the model's choice, none here
+
+
 def test_timelapse_start_canvas_and_user_masks(model, target):
     start = torch.zeros(1, 30, 30, 3)
     start[..., 0] = 0.5

@@ -391,6 +391,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   see `PaintSettings` and `core/loading.py`) instead of a
   render from pure noise: from pure noise the briefly trained renderer drifts in colour (dark, saturated regions).
   {_reask_line(paint.get('reask', 0))}
+  {_end_line(paint.get('stop_stalled', 0), paint.get('finish_frames', 0))}
   These values were picked on validation processes (synthetic seeds 2000 to 4000), not on the benchmark set.
 - Text model: `{out.name}/TP_llava` (or write the instructions by hand).
 - Reproducibility: same command, seed, torch version and device -> the same weights (CPU runs are bit-exact
@@ -416,9 +417,9 @@ painting (`python -m inverse_painting.evaluation.starter_report`):
 
 {ev['table']}
 
-The starter used {_r(ev.get('keyframes_mean'), 1)} keyframes per painting on average; the distance between a
-target and its own VAE reconstruction is {_r(ev.get('vae_floor'), 3)} on average, a floor for every frame this
-model decodes.
+The starter used {_r(ev.get('keyframes_mean'), 1)} keyframes per painting on average{_finishing_note(paint)};
+the distance between a target and its own VAE reconstruction is {_r(ev.get('vae_floor'), 3)} on average, a floor
+for every frame this model decodes.
 """
         if ev.get("notes"):
             text += "\nObserved on this benchmark:\n" + "".join(f"- {n}\n" for n in ev["notes"])
@@ -432,6 +433,28 @@ def _reask_line(reask: int) -> str:
     return (f"When the mask generator finds the named region finished for the second time, the loop asks the text "
             f"generator for its next answers (`reask = {reask}`, beam search) and paints the first one with a region; "
             "the release keeps the answer, and this small generator would stall on a finished region.")
+
+
+def _finishing_note(paint: dict) -> str:
+    """The card's evaluation clause on the finishing keyframes counted in the mean."""
+    n = paint.get("finish_frames", 0)
+    return f", the last {n} of each cross-fading to the painting" if n else ""
+
+
+def _end_line(stalled: int, finish: int) -> str:
+    """The card's sentences on ``PaintSettings.stop_stalled`` and ``finish_frames``."""
+    from ..core.loop import STALL_MIN_KEYFRAMES
+
+    stop = (f"The loop also stops once {stalled} keyframes in a row got no closer to the reconstructed target, "
+            f"from keyframe {STALL_MIN_KEYFRAMES} on (`stop_stalled = {stalled}`): this model's distance levels off "
+            "after the first layers while each re-painted keyframe still changes a little, so the release's rules "
+            "alone would run to the keyframe limit." if stalled
+            else "The loop stops by the release's rules only (`stop_stalled = 0`).")
+    end = (f"After the stop, {finish} keyframes cross-fade (in pixels) from the last keyframe to the painting itself "
+           f"(`finish_frames = {finish}`), so the time-lapse ends on the painting; the model does not render them "
+           "(the manifest marks them `finishing`)." if finish
+           else "The time-lapse ends on the last rendered keyframe (`finish_frames = 0`, the release).")
+    return f"{stop}\n  {end}"
 
 
 def _rollout_recipe(o: dict, r: dict | None) -> str:

@@ -76,20 +76,21 @@ def _check_saved_process(server, save_out: dict, n_frames: int) -> dict:
 def test_manual_instruction_timelapse(comfy_server, release_name):
     out = comfy_server.run(wf("manual_instructions", **FAST_TIMELAPSE, **{"4.seed": 11}), timeout=900)
     frames = out["6"]["images"]
-    assert len(frames) == 4  # start canvas + 3 keyframes
+    assert len(frames) == 6  # start canvas + 3 keyframes + the starter's 2 finishing keyframes (finish_frames -1)
     first = _png(comfy_server, frames[0])
     assert first.shape[:2] == SIZE and first.min() == 255  # white start canvas
-    manifest = _check_saved_process(comfy_server, out["5"], 4)
-    assert [k["instruction"] for k in manifest["keyframes"]] == ["(start)", "sky", "mountains", "trees"]
+    manifest = _check_saved_process(comfy_server, out["5"], 6)
+    assert [k["instruction"] for k in manifest["keyframes"]] == ["(start)", "sky", "mountains", "trees", "(finish)",
+                                                                 "(finish)"]
     assert manifest["timeline"]["stop_reason"] == "max_keyframes"
 
 
 def test_full_timelapse_with_text_model(comfy_server, release_name):
-    fast = {**FAST_TIMELAPSE, "4.max_keyframes": 2, "4.seed": 12, "3.max_new_tokens": 4}
+    fast = {**FAST_TIMELAPSE, "4.max_keyframes": 2, "4.seed": 12, "3.max_new_tokens": 4, "4.finish_frames": 1}
     out = comfy_server.run(wf("timelapse_full", **fast), timeout=900)
-    manifest = _check_saved_process(comfy_server, out["5"], 3)
+    manifest = _check_saved_process(comfy_server, out["5"], 4)
     sources = [k.get("instruction_source") for k in manifest["keyframes"][1:]]
-    assert sources == ["text_model", "text_model"]
+    assert sources == ["text_model", "text_model", "finish"]
     tmap = out["7"]["images"]
     assert len(tmap) == 1 and _png(comfy_server, tmap[0]).shape[:2] == SIZE
 
@@ -174,7 +175,8 @@ def test_progress_and_keyframe_previews_over_websocket(comfy_server, release_nam
 
     ws = WsListener(comfy_server)
     try:
-        out = comfy_server.run(wf("manual_instructions", **FAST_TIMELAPSE, **{"4.seed": 61}), timeout=900)
+        out = comfy_server.run(wf("manual_instructions", **FAST_TIMELAPSE, **{"4.seed": 61, "4.finish_frames": 0}),
+                               timeout=900)
         time.sleep(0.5)  # let the last websocket messages arrive
     finally:
         ws.close()
