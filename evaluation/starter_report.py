@@ -28,7 +28,8 @@ import numpy as np
 from .baselines import BASELINES, write_baseline
 
 METHODS = ("starter",) + BASELINES
-LABELS = {"starter": "starter model", "starter_unfinished": "starter model without its finishing cross-fade (not ranked)",
+LABELS = {"starter": "starter model",
+          "starter_unfinished": "starter model without its finishing cross-fade (not ranked)",
           "crossfade": "cross-fade (white -> target)", "tiles": "random 8x8 tiles",
           "vae_bound": "real process through the starter's VAE (bound, not a method)"}
 

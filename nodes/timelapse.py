@@ -130,10 +130,12 @@ class InversePaintingTimelapse:
                                           "result to float precision)."}),
             "stop_stalled": ("INT", {"default": -1, "min": -1, "max": 100, "tooltip": "Also stop when the last N "
                                      "keyframes got no closer to the target than the best one before them. -1: the "
-                                     "model's choice (a starter: 3; released weights: 0 = off, as the release)."}),
+                                     "model's choice (the bundled starter: 2; released weights: 0 = off, as the "
+                                     "release)."}),
             "finish_frames": ("INT", {"default": -1, "min": -1, "max": 100, "tooltip": "After the stop, N more frames "
                                       "cross-fade to the painting itself, so the time-lapse ends on it. -1: the "
-                                      "model's choice (a starter: 2; released weights: 0 = off, as the release)."}),
+                                      "model's choice (the bundled starter: 2; released weights: 0 = off, as the "
+                                      "release)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, target, interval, max_keyframes, seed, steps, stop_target_distance=0.1, stop_change=0.001,

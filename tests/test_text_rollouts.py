@@ -99,3 +99,27 @@ def test_rollout_seeds_depend_on_the_process_and_share_only():
     seeds = {rollout_seed(0, v, s) for v in ("synth_00001", "synth_00002", "my video") for s in (0, 1)}
     assert len(seeds) == 6 and all(0 <= x < 2 ** 31 for x in seeds)
     assert rollout_seed(0, "my video", 1) == rollout_seed(0, "my video", 1) != rollout_seed(1, "my video", 1)
+
+
+def test_rollouts_paint_the_whole_process_whatever_the_models_stop_and_finish_choices(tmp_path):
+    """A rollout's canvases are training data: it paints the real process's length + ``extra`` keyframes even when
+    the model folder asks for an early stop (``stop_stalled``) and finishing cross-fades (``finish_frames``)."""
+    from inverse_painting.core.loading import STARTER_PAINT_DEFAULTS
+    from inverse_painting.training.text_rollouts import roll_out
+
+    info = {"options": {"size": 64}, "paint_defaults": STARTER_PAINT_DEFAULTS}
+    (tmp_path / "starter.json").write_text(json.dumps(info))
+    assert STARTER_PAINT_DEFAULTS["stop_stalled"] > 0 and STARTER_PAINT_DEFAULTS["finish_frames"] > 0
+
+    class Painter:
+        last_stop_reason = "max_keyframes"
+
+        def paint(self, working, settings, instructions):
+            self.settings = settings
+            return iter(())
+
+    painter = Painter()
+    roll_out(painter, tmp_path, np.full((64, 80, 3), 90, np.uint8), ["sky", "sea", "boat"], None, 1.0, seed=3, extra=2)
+    s = painter.settings
+    assert (s.stop_stalled, s.finish_frames, s.max_keyframes) == (0, 0, 5)
+    assert s.reask == STARTER_PAINT_DEFAULTS["reask"] and s.denoise == STARTER_PAINT_DEFAULTS["denoise"]
