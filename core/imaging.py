@@ -56,6 +56,13 @@ def to_rgb_uint8(image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def cross_fade(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """uint8 a + t (b - a), rounded half up: the pixel mix of the cross-fade baseline and of the loop's
+    finishing keyframes (``PaintSettings.finish_frames``)."""
+    a = np.asarray(a, dtype=np.float32)
+    return np.clip(a + t * (np.asarray(b, dtype=np.float32) - a) + 0.5, 0, 255).astype(np.uint8)
+
+
 def pad_to_multiple(image: np.ndarray, multiple: int = 16) -> np.ndarray:
     """Zero-pad (black) at the bottom and right up to multiples of ``multiple``."""
     h, w = image.shape[:2]

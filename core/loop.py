@@ -22,7 +22,7 @@ import torch
 
 from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop_rule_distance
 from .guidance import GuidanceScales
-from .imaging import WorkingImage, prepare_image
+from .imaging import WorkingImage, cross_fade, prepare_image
 from .loading import paint_defaults
 from .mask_generator import MIN_AREA, LadderResult, MaskGenerator, MaskPrediction, fall_back_to_difference
 from .model_set import ModelSet
@@ -184,12 +184,6 @@ def stalled(to_target: Sequence[float], keyframes: int) -> bool:
     n = int(keyframes)
     return (0 < n < len(to_target) and len(to_target) >= STALL_MIN_KEYFRAMES
             and min(to_target[-n:]) > min(to_target[:-n]) - STALL_MIN_GAIN)
-
-
-def cross_fade(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """uint8 (1 - t) a + t b, rounded."""
-    mix = a.astype(np.float32) * (1.0 - t) + b.astype(np.float32) * t
-    return np.clip(np.rint(mix), 0, 255).astype(np.uint8)
 
 
 def paste_unmasked(canvas: np.ndarray, image: np.ndarray, mask_full: torch.Tensor) -> np.ndarray:

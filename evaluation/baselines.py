@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.export import write_process
+from ..core.imaging import cross_fade as mix
 
 WHITE = 255.0
 
@@ -21,8 +22,8 @@ WHITE = 255.0
 def cross_fade(target: np.ndarray, num_keyframes: int) -> list[np.ndarray]:
     """[white, ..., target]: num_keyframes + 1 uint8 frames, linear in k."""
     n = max(1, int(num_keyframes))
-    t = target.astype(np.float32)
-    return [np.clip(WHITE + (k / n) * (t - WHITE) + 0.5, 0, 255).astype(np.uint8) for k in range(n + 1)]
+    white = np.full(target.shape, WHITE, np.float32)
+    return [mix(white, target, k / n) for k in range(n + 1)]
 
 
 def tile_reveal(target: np.ndarray, num_keyframes: int, tile: int = 8, seed: int = 0) -> tuple[list, list]:
