@@ -9,45 +9,142 @@ Conventions: images are ``np.uint8`` HWC RGB at the boundary; model inputs are f
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+from .errors import UserInputError
 
 MIN_SIDE = 64
 MAX_SIDE = 4096
+# the working image keeps the painting's aspect; past this ratio of long to short side it would be a strip the
+# models were never trained on, and its long side grows without bound (20000x100 at short side 128: 25600 px)
+MAX_ASPECT = 4.0
+_ALPHA_MODES = ("RGBA", "LA", "P", "PA", "RGBa", "La")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-class ImageInputError(ValueError):
-    """An input image that cannot be used (wrong shape, too small, ...)."""
+class ImageInputError(UserInputError):
+    """An input image that cannot be used (unreadable, wrong shape, too small, NaN, ...)."""
 
 
-def to_rgb_uint8(image) -> np.ndarray:
+def load_image(path, name: str | None = None) -> tuple[np.ndarray, str]:
+    """An image file -> (uint8 HWC RGB, note of what was done to it), or :class:`ImageInputError` naming it.
+
+    EXIF orientation is applied, every Pillow mode is converted by its meaning (16-bit and float images are
+    scaled, not clipped; an embedded ICC profile is converted to sRGB), transparency is composited on white.
+    """
+    p = Path(path)
+    name = name or str(p)
+    if not p.exists():
+        raise ImageInputError(f"{name}: no such file")
+    if not p.is_file():
+        raise ImageInputError(f"{name}: not a regular file (expected an image: PNG, JPEG, WebP, TIFF, ...)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large scans are fine; bombs raise
+            with Image.open(p) as im:
+                im.load()
+                return pil_to_rgb_uint8(im, name)
+    except Image.DecompressionBombError as exc:
+        raise ImageInputError(f"{name}: too many pixels to open safely ({exc})") from None
+    except ImageInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated files, decoder errors
+        raise ImageInputError(f"{name}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
+
+
+def _to_srgb(im: Image.Image, notes: list[str]) -> Image.Image:
+    """Convert through an embedded ICC profile to sRGB (RGB out); the image unchanged when there is none."""
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "CMYK", "L"):
+        return im
+    try:
+        import io
+
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        notes.append("ICC profile converted to sRGB")
+        return out
+    except Exception:  # noqa: BLE001 - a broken profile: read the values as they are, and say so
+        notes.append("embedded ICC profile unreadable: colours read as sRGB")
+        return im
+
+
+def pil_to_rgb_uint8(im: Image.Image, name: str = "image") -> tuple[np.ndarray, str]:
+    """A Pillow image -> (uint8 HWC RGB, note); see :func:`load_image`."""
+    notes: list[str] = []
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        im.seek(0)
+        notes.append(f"first of its {frames} frames")
+    if im.getexif().get(0x0112, 1) not in (1, None):
+        im = ImageOps.exif_transpose(im)
+        notes.append("turned upright by its EXIF orientation")
+    mode = im.mode
+    if mode in _SIXTEEN_BIT or mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if mode == "I" and (a.min() < 0 or a.max() > 65535):
+            raise ImageInputError(f"{name}: 32-bit integer image with values {a.min()}..{a.max()}; expected "
+                                  "0..65535 (save it as an 8- or 16-bit image)")
+        grey = np.floor(a / 257.0 + 0.5).astype(np.uint8)  # 16-bit full range -> 8-bit
+        notes.append("16-bit values scaled to 8-bit")
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2)), "; ".join(notes)
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ImageInputError(f"{name}: the float image holds NaN or Inf values")
+        if a.min() < -1e-3 or a.max() > 1 + 1e-3:
+            raise ImageInputError(f"{name}: float image with values {a.min():.4g}..{a.max():.4g}; expected 0..1")
+        grey = np.clip(np.floor(a * 255.0 + 0.5), 0, 255).astype(np.uint8)
+        notes.append("float values scaled to 8-bit")
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2)), "; ".join(notes)
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        t = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        notes.append("CIELAB converted to sRGB")
+        return np.asarray(ImageCms.applyTransform(im, t), dtype=np.uint8).copy(), "; ".join(notes)
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"), dtype=np.uint8).copy(), "; ".join(notes)
+    im = _to_srgb(im, notes)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy(), "; ".join(notes)
+
+
+def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
     """PIL image / array (HW, HWC with 1, 3 or 4 channels, uint8 or float 0..1) -> uint8 HWC RGB.
 
     RGBA is composited on white (a transparent painting background reads as blank canvas), grey is
-    replicated; a batch is refused.
+    replicated; a batch is refused, and so are NaN/Inf values (float values outside 0..1 are clipped).
     """
     if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            bg = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(bg, image)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+        return pil_to_rgb_uint8(image, name)[0]
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     arr = np.asarray(image)
     if arr.ndim == 4:
         if arr.shape[0] != 1:
-            raise ImageInputError(f"expected one image, got a batch of {arr.shape[0]}")
+            raise ImageInputError(f"{name}: expected one image, got a batch of {arr.shape[0]}")
         arr = arr[0]
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ImageInputError(f"expected an HxWxC image with 1, 3 or 4 channels, got shape {arr.shape}")
+        raise ImageInputError(f"{name}: expected an HxWxC image with 1, 3 or 4 channels, got shape {arr.shape}")
     if arr.dtype != np.uint8:
-        arr = np.clip(np.asarray(arr, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if arr.dtype.kind not in "fiub":
+            raise ImageInputError(f"{name}: expected numbers, got an array of {arr.dtype}")
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageInputError(f"{name}: holds NaN or Inf values")
+        arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     elif arr.shape[2] == 4:
@@ -113,9 +210,9 @@ class WorkingImage:
     def white_canvas(self) -> np.ndarray:
         return pad_to_multiple(np.full((*self.size, 3), 255, np.uint8))
 
-    def fit(self, image) -> np.ndarray:
+    def fit(self, image, name: str = "start canvas") -> np.ndarray:
         """Bring another image (e.g. a user start canvas) to this working geometry."""
-        img = to_rgb_uint8(image)
+        img = to_rgb_uint8(image, name)
         h, w = self.size
         if img.shape[:2] == self.hw:
             return self.repad(img)
@@ -124,18 +221,35 @@ class WorkingImage:
         return pad_to_multiple(img)
 
 
-def prepare_image(image, short_side: int | None = 512) -> WorkingImage:
-    """Input painting -> WorkingImage. ``short_side=None`` keeps the size (only pads)."""
-    img = to_rgb_uint8(image)
-    h, w = img.shape[:2]
-    notes = []
+MAX_SHORT_SIDE = 2048
+
+
+def check_short_side(short_side: int | None, name: str = "short_side") -> None:
+    if short_side is not None and (isinstance(short_side, bool) or not isinstance(short_side, int) or short_side % 8
+                                   or not MIN_SIDE <= short_side <= MAX_SHORT_SIDE):
+        raise ImageInputError(f"{name} must be a multiple of 8 from {MIN_SIDE} to {MAX_SHORT_SIDE}, got {short_side!r}")
+
+
+def check_geometry(h: int, w: int, short_side: int | None, name: str = "image") -> None:
+    """Refuse (naming ``name``) an image the working geometry cannot hold: too small, too elongated, too big."""
     if min(h, w) < MIN_SIDE:
-        raise ImageInputError(f"image is {w}x{h}: the short side must be at least {MIN_SIDE} px")
+        raise ImageInputError(f"{name} is {w}x{h}: the short side must be at least {MIN_SIDE} px")
+    if max(h, w) / min(h, w) > MAX_ASPECT:
+        nh, nw = resized_size(h, w, short_side) if short_side else (h, w)
+        raise ImageInputError(f"{name} is {w}x{h}, an aspect ratio of {max(h, w) / min(h, w):.1f}:1 (working image "
+                              f"{nw}x{nh}); at most {MAX_ASPECT:g}:1 is supported: crop it or cut it into parts")
     if max(h, w) > MAX_SIDE and short_side is None:
-        raise ImageInputError(f"image is {w}x{h}: larger than {MAX_SIDE} px; set a short_side to resize it")
+        raise ImageInputError(f"{name} is {w}x{h}: larger than {MAX_SIDE} px; set a short side to resize it")
+
+
+def prepare_image(image, short_side: int | None = 512, name: str = "image") -> WorkingImage:
+    """Input painting -> WorkingImage. ``short_side=None`` keeps the size (only pads)."""
+    check_short_side(short_side)
+    img = to_rgb_uint8(image, name)
+    h, w = img.shape[:2]
+    check_geometry(h, w, short_side, name)
+    notes = []
     if short_side is not None:
-        if short_side % 8 or short_side < MIN_SIDE:
-            raise ImageInputError(f"short_side must be a multiple of 8 and >= {MIN_SIDE}, got {short_side}")
         img = resize_short_side(img, short_side)
         if img.shape[:2] != (h, w):
             notes.append(f"resized {w}x{h} -> {img.shape[1]}x{img.shape[0]}")

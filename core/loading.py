@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserInputError
 from .schedule import PREDICTION_TYPES
 
 RENDERER_PARTS = ("unet_state_dict", "referencenet_state_dict", "cur_image_guider_state_dict",
@@ -44,8 +45,33 @@ SD15_UNET_CONFIG = {
     "sample_size": 64, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
 
 
-class WeightFileError(RuntimeError):
-    """A weight file that is missing, unreadable, of the wrong component or with wrong keys."""
+def quiet_loaders(progress_bars: bool = True) -> None:
+    """Only errors from diffusers/transformers while loading (no notices about optional backends such as
+    torchvision, nor about the CLIP folder's text-tower keys, expected to be unused); ``progress_bars=False``
+    also hides their progress bars (the command line; inside ComfyUI they are left alone)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
+    if not progress_bars:
+        transformers_logging.disable_progress_bar()
+        diffusers_logging.disable_progress_bar()
+
+
+class WeightFileError(UserInputError, RuntimeError):
+    """A model folder or weight file that is missing, unreadable, of the wrong component or with wrong keys."""
+
+
+def _refused_pickle(path: Path, exc: Exception) -> WeightFileError:
+    """The message for a checkpoint that ``weights_only`` loading refused (it needs Python objects, not only
+    tensors). torch's own message suggests ``weights_only=False``, which would run the file's code: never."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f"the Python object {found.group(1)}" if found else "Python objects besides tensors"
+    return WeightFileError(
+        f"{path}: refused, it is a pickle that needs {what} to load, and loading it could run code (nothing from it "
+        "was run). Released checkpoints hold only tensors, numbers and strings. Ask its publisher for a "
+        ".safetensors file, or re-save only its state dicts (torch.save of plain tensors) with the code that made it")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,7 +99,10 @@ def read_checkpoint(path) -> dict:
     except WeightFileError:
         raise
     except Exception as exc:  # truncated zip, bad pickle, ...
-        raise WeightFileError(f"cannot read {path} (truncated or not a checkpoint?): {exc}") from exc
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise _refused_pickle(path, exc) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightFileError(f"{path}: cannot read it (truncated or not a checkpoint?): {first}") from exc
     if not isinstance(data, dict):
         raise WeightFileError(f"{path} does not hold a dict of weights")
     return data
@@ -125,8 +154,18 @@ def require_parts(ckpt: dict, parts, component: str, path) -> None:
                               f"(state dicts found: {found})")
 
 
+def check_finite_weights(state_dict: dict, what: str) -> None:
+    """Refuse weights holding NaN/Inf (a corrupt or badly converted file paints black frames otherwise)."""
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and v.device.type != "meta"
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightFileError(f"{what}: {len(bad)} weight tensor(s) hold NaN/Inf values, e.g. {', '.join(bad[:3])}; "
+                              "the file is corrupt or was converted wrongly")
+
+
 def load_checked(module: torch.nn.Module, state_dict: dict, what: str, assign: bool = False) -> None:
-    """``load_state_dict(strict=True)`` with a readable report of wrong keys and shapes."""
+    """``load_state_dict(strict=True)`` with a readable report of wrong keys and shapes; NaN/Inf refused."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -138,6 +177,7 @@ def load_checked(module: torch.nn.Module, state_dict: dict, what: str, assign: b
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
         raise WeightFileError("\n".join(lines))
+    check_finite_weights(state_dict, what)
     module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
@@ -206,6 +246,31 @@ STARTER_PAINT_DEFAULTS = {"compare_to": "reconstruction", "denoise": 0.6, "reask
                           "finish_frames": 2}
 
 
+def read_json(path: Path, what: str = "file") -> dict:
+    """A JSON object from ``path``, or :class:`WeightFileError` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightFileError(f"{path}: cannot read this {what} as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise WeightFileError(f"{path}: this {what} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def read_yaml(path: Path, what: str = "file") -> dict:
+    """A YAML mapping from ``path`` (empty file: {}), or :class:`WeightFileError` naming the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightFileError(f"{path}: cannot read this {what} as YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise WeightFileError(f"{path}: this {what} must hold a YAML mapping, not {type(data).__name__}")
+    return data
+
+
 def paint_defaults(root) -> dict:
     """Painting settings a model folder asks for; empty for released models (the release's defaults).
 
@@ -215,8 +280,13 @@ def paint_defaults(root) -> dict:
     info = Path(root) / "starter.json"
     if not info.is_file():
         return {}
-    rec = json.loads(info.read_text())
-    return {"short_side": int(rec["options"]["size"]), **STARTER_PAINT_DEFAULTS, **rec.get("paint_defaults", {})}
+    rec = read_json(info, "starter record")
+    try:
+        size = int(rec["options"]["size"])
+        own = dict(rec.get("paint_defaults", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightFileError(f"{info}: not a starter record (options.size / paint_defaults: {exc!r})") from None
+    return {"short_side": size, **STARTER_PAINT_DEFAULTS, **own}
 
 
 def find_release(root) -> ReleasePaths:
@@ -243,14 +313,68 @@ def find_release(root) -> ReleasePaths:
     return paths
 
 
+def _check_weight_header(path: Path) -> None:
+    """Cheap readability check of a weight file (header / zip directory only, no tensor is read)."""
+    try:
+        if path.stat().st_size == 0:
+            raise WeightFileError(f"{path}: the file is empty")
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                if not list(f.keys()):
+                    raise WeightFileError(f"{path}: holds no tensors")
+        elif path.suffix in (".ckpt", ".pt", ".pth"):
+            import zipfile
+
+            # torch's format is a zip archive (its directory sits at the end: a truncated file has none); the old
+            # format is a bare pickle, which can only be checked by reading it
+            with open(path, "rb") as f:
+                magic = f.read(2)
+            if magic == b"PK":
+                if not zipfile.is_zipfile(path):
+                    raise WeightFileError(f"{path}: truncated or damaged (its zip directory is missing)")
+                with zipfile.ZipFile(path) as z:
+                    if not any(n.endswith("data.pkl") for n in z.namelist()):
+                        raise WeightFileError(f"{path}: a zip file, but not a torch checkpoint")
+            elif magic[:1] != b"\x80":
+                raise WeightFileError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
+    except WeightFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated headers, zip errors, permissions
+        raise WeightFileError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
+
+
+def inspect_release(root, renderer: bool = True, mask_generator: bool = True) -> ReleasePaths:
+    """The model folder's layout checked without loading a network: the parts needed are present, configs
+    parse, weight files open. Raises :class:`WeightFileError` naming what is missing or broken."""
+    paths = find_release(root)
+    paths.require("base", "clip", *(["renderer"] if renderer else []), *(["mask_generator"] if mask_generator else []))
+    for sub, marker in (("vae", "config.json"), ("text_encoder", "config.json"), ("tokenizer", None),
+                        ("unet", "config.json")):
+        d = paths.base / sub
+        if not d.is_dir() or (marker and not (d / marker).is_file()):
+            raise WeightFileError(f"{paths.base}: {sub}/{marker or ''} is missing (a diffusers SD1.5 folder has unet/, "
+                                  "vae/, text_encoder/ and tokenizer/)")
+    if not (paths.clip / "config.json").is_file():
+        raise WeightFileError(f"{paths.clip}: config.json is missing (expected openai/clip-vit-base-patch32)")
+    read_unet_config(paths.base)
+    read_json(paths.clip / "config.json", "CLIP config")
+    for sub in ("vae", "text_encoder"):
+        read_json(paths.base / sub / "config.json", f"{sub} config")
+    read_renderer_config(paths.renderer_config)
+    paint_defaults(paths.root)
+    for f in (paths.renderer if renderer else None, paths.mask_generator if mask_generator else None):
+        if f is not None:
+            _check_weight_header(f)
+    return paths
+
+
 def read_renderer_config(path: Path | None) -> dict:
     """The renderer's training config; only the six fields inference needs are required."""
     cfg = dict(CONFIG_DEFAULTS)
     if path is not None:
-        import yaml
-
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        cfg.update({k: loaded[k] for k in loaded})
+        cfg.update(read_yaml(path, "renderer config"))
     # not a key of the release's config (epsilon); the starter model writes v_prediction
     if cfg.setdefault("prediction_type", "epsilon") not in PREDICTION_TYPES:
         raise WeightFileError(f"renderer config: prediction_type {cfg['prediction_type']!r} is not supported "
@@ -268,7 +392,7 @@ def read_unet_config(base: Path) -> dict:
     path = base / "unet" / "config.json"
     if not path.is_file():
         raise WeightFileError(f"UNet config not found: {path}")
-    return json.loads(path.read_text())
+    return read_json(path, "UNet config")
 
 
 def unet_config_for(state_dict: dict, base_config: dict) -> dict:

@@ -13,6 +13,7 @@ and progress. For a given seed and settings it is deterministic.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 
 from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop_rule_distance
+from .errors import NumericalFault, OptionError, check_finite, finite_number, whole_number
 from .guidance import GuidanceScales
-from .imaging import WorkingImage, cross_fade, prepare_image
+from .imaging import WorkingImage, check_short_side, cross_fade, prepare_image
 from .loading import paint_defaults
 from .mask_generator import MIN_AREA, LadderResult, MaskGenerator, MaskPrediction, fall_back_to_difference
 from .model_set import ModelSet
@@ -40,6 +42,9 @@ STALL_MIN_GAIN = 0.01  # ``stop_stalled``: a keyframe must get this much closer 
 # ``stop_stalled`` waits for this many keyframes: the first layers of a real process (the sky, then the moon or
 # the clouds in it) barely move the distance to a target that is still mostly unpainted, so they look stalled
 STALL_MIN_KEYFRAMES = 8
+MAX_INTERVAL_S = 3600.0  # option ranges: wide enough for any use, narrow enough to refuse typos and overflows
+MAX_KEYFRAMES = 10000
+MAX_STEPS = 1000
 FINISH_INSTRUCTION = "(finish)"  # the instruction of the finishing keyframes (``finish_frames``)
 
 
@@ -100,14 +105,46 @@ class PaintSettings:
     # Release: 0, the time-lapse ends on the last render (never pixel-exact: the VAE alone loses detail).
     finish_frames: int = 0
 
+    def __post_init__(self):
+        """Every field checked, so that no path (command line, node, model folder) paints with a value that
+        would fail late or silently (NaN, a negative interval, zero steps)."""
+        self.interval_s = finite_number(self.interval_s, "interval (seconds per keyframe)", 0, MAX_INTERVAL_S,
+                                        low_open=True)
+        self.max_keyframes = whole_number(self.max_keyframes, "max_keyframes", 1, MAX_KEYFRAMES)
+        self.steps = whole_number(self.steps, "steps", 1, MAX_STEPS)
+        self.seed = whole_number(self.seed, "seed", 0, 2**64 - 1)
+        if isinstance(self.scales, (list, tuple)):
+            if len(self.scales) != 5:
+                raise OptionError(f"guidance needs 5 scales (image, canvas, time, mask, text), got {len(self.scales)}")
+            self.scales = GuidanceScales(*self.scales)
+        for name in ("image", "canvas", "time", "mask", "text"):
+            finite_number(getattr(self.scales, name), f"guidance scale '{name}'")
+        self.difference_threshold = finite_number(self.difference_threshold, "difference_threshold", 0)
+        self.combine_ratio = finite_number(self.combine_ratio, "combine_ratio", 0, 1)
+        self.stop_target_distance = finite_number(self.stop_target_distance, "stop_target_distance", 0)
+        self.stop_change = finite_number(self.stop_change, "stop_change", 0)
+        self.stop_min_keyframes = whole_number(self.stop_min_keyframes, "stop_min_keyframes", 0)
+        if self.short_side is not None:
+            check_short_side(self.short_side)
+        if self.compare_to not in ("target", "reconstruction"):
+            raise OptionError(f"compare_to must be 'target' or 'reconstruction', got {self.compare_to!r}")
+        self.denoise = finite_number(self.denoise, "denoise", 0, 1, low_open=True)
+        if self.start_from not in ("canvas", "target_in_mask"):
+            raise OptionError(f"start_from must be 'canvas' or 'target_in_mask', got {self.start_from!r}")
+        for name in ("reask", "stop_stalled", "finish_frames"):
+            setattr(self, name, whole_number(getattr(self, name), name, 0, MAX_KEYFRAMES))
+
     @classmethod
     def for_model(cls, root, **settings) -> "PaintSettings":
         """Settings for the model folder ``root``: the release defaults, then what the folder asks for
         (:func:`.loading.paint_defaults`, e.g. a starter's size, ``compare_to`` and ``denoise``), then the
         given ``settings`` that are not None."""
-        merged = {**paint_defaults(root), **{k: v for k, v in settings.items() if v is not None}}
-        if isinstance(merged.get("scales"), (list, tuple)):  # five numbers from a command line
-            merged["scales"] = GuidanceScales(*merged["scales"])
+        chosen = paint_defaults(root)
+        unknown = sorted(set(chosen) - set(MODEL_PAINT_CHOICES))
+        if unknown:
+            raise OptionError(f"{root}/starter.json: unknown paint_defaults {unknown}; a model folder may set "
+                              f"{', '.join(MODEL_PAINT_CHOICES)}")
+        merged = {**chosen, **{k: v for k, v in settings.items() if v is not None}}
         return cls(**merged)
 
     def to_dict(self) -> dict:
@@ -163,6 +200,40 @@ class ManualMasks:
         return self.masks[k] if k < len(self.masks) else None
 
 
+@dataclass
+class LoopState:
+    """Where the loop stands after ``painted`` keyframes: all it needs to go on exactly as if never stopped
+    (``Painter.paint(resume=...)``; the CLI saves it beside the frames after every keyframe)."""
+
+    painted: int
+    canvas: np.ndarray  # uint8 (H, W, 3), padded working size: the next keyframe's canvas
+    prev_mask: torch.Tensor | None  # (1, 1, H, W) mask of the last keyframe
+    prev_latents: torch.Tensor | None  # its final latents (combine_init)
+    changes: list[float]
+    to_target: list[float]
+    finished: list[str]  # answers found finished (``reask``)
+
+    def to_saved(self) -> tuple[dict, dict]:
+        """(tensors, JSON-able info) for a safetensors file."""
+        tensors = {"canvas": torch.from_numpy(np.ascontiguousarray(self.canvas))}
+        if self.prev_mask is not None:
+            tensors["prev_mask"] = (self.prev_mask.detach().float().cpu() > 0.5).to(torch.uint8)
+        if self.prev_latents is not None:
+            tensors["prev_latents"] = self.prev_latents.detach().float().cpu()
+        # floats as repr strings: the stop rules compare them to thresholds, JSON rounding must not change a decision
+        info = {"painted": self.painted, "changes": [repr(float(c)) for c in self.changes],
+                "to_target": [repr(float(d)) for d in self.to_target], "finished": list(self.finished)}
+        return tensors, info
+
+    @classmethod
+    def from_saved(cls, tensors: dict, info: dict) -> "LoopState":
+        mask = tensors.get("prev_mask")
+        return cls(int(info["painted"]), tensors["canvas"].numpy().astype(np.uint8),
+                   mask.float() if mask is not None else None, tensors.get("prev_latents"),
+                   [float(c) for c in info["changes"]], [float(d) for d in info["to_target"]],
+                   list(info.get("finished", [])))
+
+
 def keyframe_start(models: ModelSet, settings: PaintSettings, canvas: np.ndarray, target_latents: torch.Tensor,
                    mask_latent: torch.Tensor) -> torch.Tensor | None:
     """The latents a keyframe's img2img run starts from (``settings.denoise`` < 1, see ``start_from``);
@@ -201,6 +272,8 @@ class Painter:
         self.renderer = Renderer(models)
         self.mask_generator = MaskGenerator(models, metric) if models.mask is not None else None
         self.text_generator = text_generator
+        self.state: LoopState | None = None
+        self.last_stop_reason: str | None = None
 
     def prepare(self, target, short_side: int | None = 512) -> WorkingImage:
         return target if isinstance(target, WorkingImage) else prepare_image(target, short_side)
@@ -251,14 +324,16 @@ class Painter:
     def paint(self, target, settings: PaintSettings = PaintSettings(), instructions=None, masks=None,
               start_canvas=None, sampler: ExternalSampler | None = None, sigmas: torch.Tensor | None = None,
               step_callback: Callable[[int, dict], None] | None = None, noise_draws: torch.Tensor | None = None,
-              trace: list | None = None) -> Iterator[Keyframe]:
+              trace: list | None = None, resume: LoopState | None = None) -> Iterator[Keyframe]:
         """Yield keyframes until a stop rule fires.
 
         ``instructions``: an object with ``generate(canvas, target, keyframe_index=k) -> str`` (LLaVA or
         a manual list); defaults to the text generator given to the Painter. ``masks``: optional
         per-keyframe user masks (None entries use the mask generator). ``step_callback(k, info)`` is
         called after every denoising step (progress / interruption; raise to stop). ``noise_draws``
-        injects noise (tests). Why the loop ended is in ``self.last_stop_reason`` afterwards.
+        injects noise (tests). Why the loop ended is in ``self.last_stop_reason`` afterwards; ``self.state``
+        is the :class:`LoopState` after the last painted keyframe, and ``resume`` continues from such a state
+        (same target, settings and instructions: the same keyframes as a run never stopped).
         """
         working = self.prepare(target, settings.short_side)
         text = instructions if instructions is not None else self.text_generator
@@ -266,7 +341,6 @@ class Painter:
             raise ValueError("no instructions: load a text-instruction model or pass a list of instructions")
         user_masks = masks if isinstance(masks, ManualMasks) or masks is None else ManualMasks(masks)
         tstate = self.renderer.prepare_target(working.padded)
-        canvas = working.fit(start_canvas) if start_canvas is not None else working.white_canvas()
         target_img = working.padded
         if settings.compare_to == "reconstruction":
             reference = self.models.round_trip(target_img)
@@ -274,13 +348,20 @@ class Painter:
             reference = target_img
         else:
             raise ValueError(f"compare_to must be 'target' or 'reconstruction', not {settings.compare_to!r}")
-        prev_mask = prev_latents = None
-        changes: list[float] = []
-        to_target: list[float] = []
-        finished: set[str] = set()  # answers whose region the mask generator found finished (``reask``)
+        if resume is None:
+            canvas = working.fit(start_canvas) if start_canvas is not None else working.white_canvas()
+            resume = LoopState(0, canvas, None, None, [], [], [])
+        elif resume.canvas.shape != target_img.shape:
+            raise ValueError(f"the saved state is for a {resume.canvas.shape} canvas, the target is {target_img.shape}")
+        canvas, changes, to_target = resume.canvas, list(resume.changes), list(resume.to_target)
+        dev = self.models.device
+        prev_mask = resume.prev_mask.to(dev) if resume.prev_mask is not None else None
+        prev_latents = resume.prev_latents.to(dev, self.models.dtype) if resume.prev_latents is not None else None
+        finished: set[str] = set(resume.finished)  # answers whose region the mask generator found finished (reask)
+        self.state = resume
         self.last_stop_reason = "max_keyframes"
         latent_shape = (1, tstate.latents.shape[1], *working.latent_hw)
-        for k in range(settings.max_keyframes):
+        for k in range(resume.painted, settings.max_keyframes):
             if len(changes) >= settings.stop_min_keyframes and all(c < settings.stop_change for c in changes[-2:]):
                 self.last_stop_reason = "canvas_stopped_changing"
                 break
@@ -313,6 +394,7 @@ class Painter:
                 if settings.difference_fallback:
                     chosen = fall_back_to_difference(chosen, pred)
                 difference = pred.difference
+                check_finite(pred.logits, "mask generator", f"keyframe {k + 1}")
                 if trace is not None:
                     trace.append({"keyframe": k, "rp_logits": pred.logits, "difference": pred.difference})
             conds = self.renderer.conditions(tstate, canvas, chosen.mask_full, instruction, settings.interval_s)
@@ -330,13 +412,18 @@ class Painter:
             image = paste_unmasked(canvas, result.image, chosen.mask_full) if settings.keep_unmasked else result.image
             change = stop_rule_distance(self.metric, canvas, image)
             dist = stop_rule_distance(self.metric, reference, image)
+            if not (math.isfinite(change) and math.isfinite(dist)):
+                raise NumericalFault("perceptual metric", None, f"keyframe {k + 1}")
             changes.append(change)
             to_target.append(dist)
-            yield Keyframe(k + 1, (k + 1) * settings.interval_s, image, instruction, chosen.mask_full,
-                           chosen.mask_latent, difference, chosen.threshold, chosen.trail, dist, change,
-                           result.latents, working.size)
+            kf = Keyframe(k + 1, (k + 1) * settings.interval_s, image, instruction, chosen.mask_full,
+                          chosen.mask_latent, difference, chosen.threshold, chosen.trail, dist, change,
+                          result.latents, working.size)
             canvas = working.repad(image)  # crop to the painted area, re-blacken the pad
             prev_mask, prev_latents = chosen.mask_full, result.latents
+            self.state = LoopState(k + 1, canvas, prev_mask, prev_latents, list(changes), list(to_target),
+                                   sorted(finished))
+            yield kf
         yield from self._finish(canvas, target_img, reference, working, settings, len(to_target))
 
     def _finish(self, canvas: np.ndarray, target: np.ndarray, reference: np.ndarray, working: WorkingImage,

@@ -20,10 +20,23 @@ from ..models.referencenet import ReferenceNet
 from ..models.renderer_unet import RendererUNet
 from ..models.time_encoder import TimeEncoder
 from .clip_image import ClipImageEmbedder
+from .errors import check_finite
 from .imaging import tensor_to_uint8, uint8_to_tensor
-from .loading import (MASK_PARTS, RENDERER_PARTS, ReleasePaths, WeightFileError, find_release, load_checked,
-                      read_checkpoint, read_renderer_config, read_unet_config, require_parts, unet_config_for)
+from .loading import (MASK_PARTS, RENDERER_PARTS, ReleasePaths, WeightFileError, check_finite_weights, find_release,
+                      load_checked, quiet_loaders, read_checkpoint, read_renderer_config, read_unet_config, require_parts,
+                      unet_config_for)
 from .text_encoding import TextEncoder, load_tokenizer
+
+
+def _load_part(what: str, folder, load):
+    """``load()``, with any failure reported as a :class:`WeightFileError` naming the part and its folder."""
+    try:
+        return load()
+    except WeightFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - diffusers/transformers raise many kinds for broken folders
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightFileError(f"{folder}: cannot load the {what} ({type(exc).__name__}: {first})") from exc
 
 
 def _build_on_meta(factory):
@@ -89,25 +102,39 @@ class ModelSet:
     @classmethod
     def from_release(cls, root, device="cpu", dtype=torch.float32, time_dtype=None,
                      renderer: bool = True, mask_generator: bool = True) -> "ModelSet":
+        """Build and load every network of the model folder ``root``; a folder that cannot be loaded raises
+        :class:`WeightFileError` naming the file or part."""
+        try:
+            return cls._from_release(root, device, dtype, time_dtype, renderer, mask_generator)
+        except (WeightFileError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed part (odd shapes, keys) the checks above let through
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightFileError(f"{root}: cannot load this model folder ({type(exc).__name__}: {first})") from exc
+
+    @classmethod
+    def _from_release(cls, root, device, dtype, time_dtype, renderer: bool, mask_generator: bool) -> "ModelSet":
+        quiet_loaders()  # before the imports: transformers warns about torchvision when they run
         from diffusers import AutoencoderKL
         from transformers import CLIPImageProcessor, CLIPTextModel, CLIPVisionModel
 
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        # the CLIP folder is a full CLIPModel: its text tower's keys are expected to be "unexpected"
-        transformers_logging.set_verbosity_error()
-        diffusers_logging.set_verbosity_error()
         paths = find_release(root)
         paths.require("base", "clip", *(["renderer"] if renderer else []), *(["mask_generator"] if mask_generator else []))
         config = read_renderer_config(paths.renderer_config)
         base_unet = read_unet_config(paths.base)
 
-        vae = AutoencoderKL.from_pretrained(str(paths.base / "vae"), local_files_only=True)
-        tokenizer = load_tokenizer(paths.base / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(str(paths.base / "text_encoder"), local_files_only=True)
-        processor = CLIPImageProcessor.from_pretrained(str(paths.clip), local_files_only=True)
-        vision = CLIPVisionModel.from_pretrained(str(paths.clip), local_files_only=True)
+        vae = _load_part("VAE", paths.base / "vae",
+                         lambda: AutoencoderKL.from_pretrained(str(paths.base / "vae"), local_files_only=True))
+        tokenizer = _load_part("SD tokenizer", paths.base / "tokenizer", lambda: load_tokenizer(paths.base / "tokenizer"))
+        text_encoder = _load_part("SD text encoder", paths.base / "text_encoder", lambda: CLIPTextModel.from_pretrained(
+            str(paths.base / "text_encoder"), local_files_only=True))
+        processor = _load_part("CLIP image processor", paths.clip,
+                               lambda: CLIPImageProcessor.from_pretrained(str(paths.clip), local_files_only=True))
+        vision = _load_part("CLIP vision model", paths.clip,
+                            lambda: CLIPVisionModel.from_pretrained(str(paths.clip), local_files_only=True))
+        for what, folder, module in (("VAE", paths.base / "vae", vae), ("SD text encoder", paths.base / "text_encoder",
+                                     text_encoder), ("CLIP vision model", paths.clip, vision)):
+            check_finite_weights(module.state_dict(), f"{what} ({folder})")
         pe_kwargs = dict(round_to=float(config["PE_time_interval"]), max_seconds=float(config["PE_time_max"]))
 
         renderer_nets = None
@@ -120,12 +147,15 @@ class ModelSet:
             load_checked(unet.unet, unet_sd, f"renderer UNet ({paths.renderer.name})", assign=True)
             refnet = _build_on_meta(lambda: ReferenceNet(ucfg))
             load_checked(refnet.unet, ckpt["referencenet_state_dict"], f"ReferenceNet ({paths.renderer.name})", assign=True)
+            small = {}
+            for part, build in (("cur_image_guider_state_dict", CanvasFeatureEncoder.from_state_dict),
+                                ("image_adpater_state_dict", NextClipPredictor.from_state_dict),
+                                ("PE_state_dict", lambda sd: TimeEncoder.from_state_dict(sd, **pe_kwargs))):
+                check_finite_weights(ckpt[part], f"{part} ({paths.renderer})")
+                small[part] = _load_part(part, paths.renderer, lambda b=build, sd=ckpt[part]: b(sd))
             renderer_nets = RendererNets(
-                unet, refnet,
-                CanvasFeatureEncoder.from_state_dict(ckpt["cur_image_guider_state_dict"]),
-                NextClipPredictor.from_state_dict(ckpt["image_adpater_state_dict"]),
-                TimeEncoder.from_state_dict(ckpt["PE_state_dict"], **pe_kwargs),
-                int(ckpt.get("global_step", -1)))
+                unet, refnet, small["cur_image_guider_state_dict"], small["image_adpater_state_dict"],
+                small["PE_state_dict"], int(ckpt.get("global_step", -1)))
             del ckpt
         mask_nets = None
         if mask_generator:
@@ -137,7 +167,9 @@ class ModelSet:
             mcfg = unet_config_for(rp_sd, base_unet)
             munet = _build_on_meta(lambda: MaskUNet(mcfg))
             load_checked(munet.unet, rp_sd, f"mask-generator UNet ({paths.mask_generator.name})", assign=True)
-            mask_nets = MaskNets(munet, TimeEncoder.from_state_dict(ckpt["PE_state_dict"], **pe_kwargs),
+            check_finite_weights(ckpt["PE_state_dict"], f"PE_state_dict ({paths.mask_generator})")
+            mask_nets = MaskNets(munet, _load_part("PE_state_dict", paths.mask_generator, lambda: TimeEncoder.from_state_dict(
+                                     ckpt["PE_state_dict"], **pe_kwargs)),
                                  int(ckpt.get("global_step", -1)))
             del ckpt
         models = cls(vae, TextEncoder(tokenizer, text_encoder), ClipImageEmbedder(processor, vision),
@@ -150,7 +182,7 @@ class ModelSet:
     def encode_latents(self, image_m11: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) in [-1,1] -> scaled posterior-mean latents (deterministic; the release samples)."""
         x = image_m11.to(self.device, self.dtype).contiguous()
-        return self.vae.encode(x).latent_dist.mean * self.vae_scale
+        return check_finite(self.vae.encode(x).latent_dist.mean * self.vae_scale, "VAE encoder")
 
     def image_latents(self, image: np.ndarray) -> torch.Tensor:
         """uint8 HWC image (target or canvas) -> scaled posterior-mean latents, as the renderer encodes them."""
@@ -163,7 +195,7 @@ class ModelSet:
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> (B,3,H,W) image in [0, 1] (clamped), float32."""
-        img = self.vae.decode(latents.to(self.dtype) / self.vae_scale).sample
+        img = check_finite(self.vae.decode(latents.to(self.dtype) / self.vae_scale).sample, "VAE decoder")
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
 

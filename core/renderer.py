@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import check_finite
 from .guidance import BRANCHES, GuidanceScales, combine_six, combine_weighted
 from .imaging import downsample_mask, tensor_to_uint8, uint8_to_tensor
 from .model_set import ModelSet
@@ -79,8 +80,10 @@ class Renderer:
     def prepare_target(self, target_image: np.ndarray) -> TargetState:
         m = self.models
         latents = m.image_latents(target_image)
-        e_target = m.clip(target_image)
+        e_target = check_finite(m.clip(target_image), "CLIP image encoder", "the target")
         banks = self.nets.referencenet.banks(latents, e_target[:, None, :].to(m.dtype))
+        for bank in banks.values():
+            check_finite(bank, "ReferenceNet", "the target's reference features")
         return TargetState(target_image, latents, e_target, banks)
 
     @torch.no_grad()
@@ -145,7 +148,7 @@ class Renderer:
             eps = combine_weighted(eps_all, branches, scales) if fast else combine_six(eps_all, scales)
             if trace is not None:
                 trace.append({"sigma": s, "t": t, "eps_branches": eps_all, "eps": eps})
-            return x - s * eps
+            return check_finite(x - s * eps, "renderer UNet", f"denoising step at sigma {s:.4g}")
 
         return denoise
 

@@ -17,8 +17,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class NoiseSource:
     """Per-keyframe noise: ``initial()`` then ``step(i)`` for every sampler step.
 
-    Draws are made on a CPU generator (float32) and moved to the device, so a seed gives the same
-    painting on every device. ``first_keyframe=True`` skips one draw, as the release's keyframe 0 spends
+    Draws are made on a CPU generator (float32) and moved to the device, so a seed gives the same noise on
+    every device (the painting itself also depends on the device's arithmetic). ``first_keyframe=True`` skips one draw, as the release's keyframe 0 spends
     it on a discarded VAE sample; later keyframes therefore reuse keyframe 0's step noises shifted by one.
     """
 

@@ -52,8 +52,9 @@ BASELINES = ("crossfade", "tiles")
 
 
 def write_baseline(kind: str, out_dir, target: np.ndarray, num_keyframes: int, interval_s: float = 20.0,
-                   seed: int = 0, tile: int = 8, video: tuple[str, ...] = ()) -> dict:
-    """Write one baseline process (frames + manifest) to ``out_dir``; returns the manifest."""
+                   seed: int = 0, tile: int = 8, video: tuple[str, ...] = (), overwrite: bool = False) -> dict:
+    """Write one baseline process (frames + manifest) to ``out_dir`` (new or empty unless ``overwrite``); returns
+    the manifest."""
     if kind == "crossfade":
         frames, masks = cross_fade(target, num_keyframes), None
     elif kind == "tiles":
@@ -63,4 +64,4 @@ def write_baseline(kind: str, out_dir, target: np.ndarray, num_keyframes: int, i
     records = [{"time_s": k * float(interval_s), "instruction": ""} for k in range(len(frames))]
     settings = {"baseline": kind, "num_keyframes": int(num_keyframes), "interval_s": float(interval_s),
                 "tile": int(tile) if kind == "tiles" else None, "seed": int(seed) if kind == "tiles" else None}
-    return write_process(out_dir, frames, records, settings, masks=masks, video=video)
+    return write_process(out_dir, frames, records, settings, masks=masks, video=video, overwrite=overwrite)

@@ -11,7 +11,6 @@ Run as ``python -m inverse_painting.evaluation.cli GENERATED REAL`` or through t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -44,12 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=os.environ.get("INVERSE_PAINTING_FID_WEIGHTS"),
                    help="pytorch-fid pt_inception-2015-12-05-6726825d.pth (file or folder)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --out")
     p.add_argument("--device", default="cpu")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog="inverse-painting evaluate", description=__doc__.split("\n")[0]))
+    from ..core.errors import CommandLineParser
+
+    return add_arguments(CommandLineParser(prog="inverse-painting evaluate", description=__doc__.split("\n")[0]))
 
 
 def _safe(name: str) -> str:
@@ -94,13 +96,20 @@ def run(args) -> dict:
     from .metrics import evaluate, resolve_metric
     from .sequences import load_sequences
 
+    from ..core.errors import OptionError, OutputFolderError
+    from ..core.export import prepare_output, write_json
+
     t0 = time.time()
+    out = Path(args.out) if args.out else Path(args.generated) / "evaluation"
+    if (out / "evaluation.json").is_file() and not getattr(args, "overwrite", False):
+        raise OutputFolderError(f"{out} already holds an evaluation: give another --out, or --overwrite to replace it")
     generated = load_sequences(args.generated)
     real = load_sequences(args.real)
     pairs, g_un, r_un = pair_sequences(generated, real)
     if not pairs:
-        raise SystemExit(f"no painting names in common between {args.generated} ({sorted(generated)}) and "
-                         f"{args.real} ({sorted(real)})")
+        raise OptionError(f"no painting names in common between {args.generated} ({sorted(generated)}) and "
+                          f"{args.real} ({sorted(real)})")
+    prepare_output(out, "resume", "--out")  # checked before the metrics run
     metric = resolve_metric(args.metric, args.lpips_weights, args.device)
     extractor = _fid_extractor(args, metric)
     report = evaluate([(r, g) for _, r, g in pairs], metric=metric, threshold=args.threshold,
@@ -108,8 +117,6 @@ def run(args) -> dict:
     results = report.pop("_results")
     for (name, _, _), res, js in zip(pairs, results, report["paintings"]):
         res.name = js["name"] = name
-    out = Path(args.out) if args.out else Path(args.generated) / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
     for (name, _, g), res, js in zip(pairs, results, report["paintings"]):
         d = out / _safe(name)
         if not args.no_plots:
@@ -118,12 +125,12 @@ def run(args) -> dict:
             js["plots"] = write_painting_plots(res, g, d, metric_name=report["overall"]["metric"],
                                                threshold=args.threshold)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "metrics.json").write_text(json.dumps(js, indent=2))
+        write_json(d / "metrics.json", js)
     report["overall"].update({
         "generated": str(args.generated), "real": str(args.real), "short_side": args.short_side,
         "unmatched_generated": g_un, "unmatched_real": r_un, "seconds": round(time.time() - t0, 2),
     })
-    (out / "evaluation.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "evaluation.json", report)
     report["out"] = str(out)
     return report
 
@@ -143,14 +150,21 @@ def format_summary(overall: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from ..core.errors import run_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "evaluate":
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
-    report = run(args)
-    print(format_summary(report["overall"]))
-    print(f"results: {Path(report['out']) / 'evaluation.json'}")
-    return 0
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+
+    def command() -> int:
+        report = run(build_parser().parse_args(argv))
+        print(format_summary(report["overall"]))
+        print(f"results: {Path(report['out']) / 'evaluation.json'}")
+        return 0
+
+    return run_command(command, debug)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import UserInputError
+
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_NAME
@@ -33,8 +35,8 @@ FID_WEIGHTS_URL = (
 FeatureExtractor = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
-class MissingInceptionWeightsError(FileNotFoundError):
-    pass
+class MissingInceptionWeightsError(UserInputError, FileNotFoundError):
+    """The Inception weight file FID needs is not where it was said to be."""
 
 
 # ---------------------------------------------------------------------------------------------- distance

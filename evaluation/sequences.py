@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..core.errors import UserInputError
 from ..training.raw_layout import INV_JSON as RAW_JSON
 from ..training.raw_layout import LABELS_JSON
 from ..training.raw_layout import parse_frame_name as raw_parse_frame_name
@@ -34,8 +35,8 @@ MANIFEST = "manifest.json"
 OURS_NAME = re.compile(r"^(?P<ind>\d+)_(?P<m>\d+)m(?P<s>\d{2})s$")
 
 
-class SequenceError(ValueError):
-    pass
+class SequenceError(UserInputError):
+    """A painting folder that cannot be read as a process; the message names the folder or file."""
 
 
 @dataclass
@@ -96,12 +97,23 @@ def parse_frame_name(stem: str) -> tuple[int, float] | None:
 
 
 def read_image(path) -> np.ndarray:
-    with Image.open(path) as im:
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        return np.array(im.convert("RGB"), dtype=np.uint8)
+    """A frame as uint8 RGB, read like the painter reads its input (EXIF, 16-bit and float scaled, alpha on white)."""
+    from ..core.imaging import ImageInputError, load_image
+
+    try:
+        return load_image(path)[0]
+    except ImageInputError as exc:
+        raise SequenceError(str(exc)) from None
+
+
+def _inside(folder: Path, name, what: str) -> Path:
+    """``folder / name`` for a manifest entry, refused when it points outside ``folder`` (absolute, '..', links)."""
+    rel = Path(str(name))
+    path = (folder / rel).resolve()
+    if rel.is_absolute() or folder.resolve() not in path.parents:
+        raise SequenceError(f"{folder / MANIFEST}: {what} {str(name)!r} points outside the painting folder; only files "
+                            "inside it are read")
+    return path
 
 
 def read_mask(path) -> np.ndarray:
@@ -183,7 +195,12 @@ def read_manifest_folder(folder) -> PaintingSequence:
     """Our CLI output: manifest.json with a ``keyframes`` list (``time_s``, ``file``, ``instruction``,
     optional ``mask``); a bare list of entries is accepted too."""
     folder = Path(folder)
-    data = json.loads((folder / MANIFEST).read_text())
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SequenceError(f"{folder / MANIFEST}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, (dict, list)):
+        raise SequenceError(f"{folder / MANIFEST}: expected a JSON object with 'keyframes'")
     entries = data if isinstance(data, list) else _get(data, "keyframes", "frames", default=None)
     if not entries:
         return read_named_frames(folder, layout="ours")
@@ -198,11 +215,15 @@ def read_manifest_folder(folder) -> PaintingSequence:
             if parsed is None:
                 raise SequenceError(f"{folder / MANIFEST}: no time_s for {f}")
             t = parsed[1]
-        frames.append(read_image(folder / f))
+        path = _inside(folder, f, "frame")
+        if not path.is_file():
+            raise SequenceError(f"{folder / MANIFEST}: frame {f!r} not found")
+        frames.append(read_image(path))
         times.append(float(t))
         instr.append(_get(e, "instruction", "prompt", "text"))
         m = _get(e, "mask", "mask_file")
-        masks.append(read_mask(folder / m) if isinstance(m, str) and (folder / m).is_file() else None)
+        mpath = _inside(folder, m, "mask") if isinstance(m, str) else None
+        masks.append(read_mask(mpath) if mpath is not None and mpath.is_file() else None)
     name = data.get("name", folder.name) if isinstance(data, dict) else folder.name
     order = sorted(range(len(times)), key=lambda i: times[i])
     pick = lambda xs: [xs[i] for i in order]  # noqa: E731
@@ -220,7 +241,21 @@ def read_sequence_folder(folder) -> list[PaintingSequence]:
         return read_raw_layout(folder)
     if any(parse_frame_name(p.stem) for p in _images(folder)):
         return [read_named_frames(folder)]
+    if (folder / "frames").is_dir() and any(parse_frame_name(p.stem) for p in _images(folder / "frames")):
+        return [_run_without_manifest(folder)]  # our output whose manifest was lost: frames/ (+ masks/) is one painting
     return []
+
+
+def _run_without_manifest(folder: Path) -> PaintingSequence:
+    seq = read_named_frames(folder / "frames", layout="ours")
+    seq.name = folder.name
+    masks_dir = folder / "masks"
+    if masks_dir.is_dir():
+        seq.masks = [read_mask(masks_dir / n) if (masks_dir / n).is_file() else None for n in seq.meta["frame_names"]]
+        if not any(m is not None for m in seq.masks):
+            seq.masks = None
+    seq.source = str(folder)
+    return seq
 
 
 def load_sequences(path, max_depth: int = 4) -> dict[str, PaintingSequence]:

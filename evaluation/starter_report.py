@@ -78,7 +78,8 @@ def paint_all(models_dir: Path, models, real: dict, out: Path, steps: int, seed:
         floors[name] = stop_rule_distance(metric, working.padded, models.round_trip(working.padded))
         frames, masks, records = collect_process(painter, working, settings, text)
         write_process(out / name, frames, records, dict(settings.to_dict(), metric="stlpips_alex",
-                      models=str(models_dir)), masks=masks, video=(), extra={"stop_reason": painter.last_stop_reason})
+                      models=str(models_dir)), masks=masks, video=(), extra={"stop_reason": painter.last_stop_reason},
+                      overwrite=True)
         counts[name] = len(frames) - 1
         log(f"{name}: {counts[name]} keyframes ({painter.last_stop_reason}) in {time.time() - t:.1f}s "
             f"(real: {len(seq) - 1}; VAE floor {floors[name]:.3f})")
@@ -98,7 +99,7 @@ def write_vae_bound(models, real: dict, out: Path) -> None:
             h, w = working.size
             frames.append(models.round_trip(working.padded)[:h, :w])
         write_process(out / name, frames, [{"time_s": float(t), "instruction": ""} for t in seq.times_s],
-                      {"bound": "real frames through the VAE"}, video=())
+                      {"bound": "real frames through the VAE"}, video=(), overwrite=True)
 
 
 def without_finishing(src: Path, dst: Path) -> bool:
@@ -126,7 +127,7 @@ def evaluate_method(generated: Path, real_dir: Path, out: Path, plots: bool) -> 
 
     args = SimpleNamespace(generated=str(generated), real=str(real_dir), out=str(out), metric="stlpips_alex",
                            lpips_weights=None, threshold=0.2, short_side=None, fid="none", inception_weights=None,
-                           no_plots=not plots, device="cpu")
+                           no_plots=not plots, device="cpu", overwrite=True)
     return run(args)
 
 
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
                                a.max_keyframes, overrides=overrides)
     for kind in BASELINES:
         for name, seq in real.items():
-            write_baseline(kind, out / kind / name, seq.target, counts[name], seed=a.seed)
+            write_baseline(kind, out / kind / name, seq.target, counts[name], seed=a.seed, overwrite=True)
     write_vae_bound(model_set, real, out / "vae_bound")
     # the starter's own keyframes, for a row that shows what its finishing cross-fade adds
     unfinished = ("starter_unfinished",) if without_finishing(out / "starter", out / "starter_unfinished") else ()

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import UserInputError
+
 LPIPS_ALEX = "lpips_alex"
 STLPIPS_ALEX = "stlpips_alex"
 #: metric names for UIs; the offline-capable one first
@@ -57,7 +59,7 @@ LPIPS_HEADS_IN_WHEEL = ("lpips", "weights/v0.1/alex.pth")
 STLPIPS_IN_WHEEL = ("stlpips_pytorch", "weights/vST0.0/alex_shift_tolerant.pth")
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserInputError, FileNotFoundError):
     """A weight file the metric needs is not available locally."""
 
 

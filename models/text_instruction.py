@@ -27,6 +27,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..core.errors import NumericalFault, UserInputError
+
 __all__ = [
     "TP_QUESTION",
     "ANNOTATOR_QUESTION",
@@ -103,7 +105,7 @@ def build_v0_prompt(question: str) -> str:
     return f"{V0_SYSTEM_PROMPT}###Human: {IMAGE_PLACEHOLDER}\n{question}###Assistant:"
 
 
-class LlavaLoadError(RuntimeError):
+class LlavaLoadError(UserInputError, RuntimeError):
     """A model folder cannot be loaded (missing files or keys, unreadable weights, no vision tower)."""
 
 
@@ -611,8 +613,25 @@ class TextInstructionGenerator:
         cfg_path = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_path):
             raise LlavaLoadError(f"{path} has no config.json")
-        with open(cfg_path, encoding="utf-8") as f:
-            raw = json.load(f)
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise LlavaLoadError(f"{cfg_path}: cannot read it as JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise LlavaLoadError(f"{cfg_path}: must hold a JSON object")
+        try:
+            gen = cls._load(path, raw, dtype, vision_dtype, vision_tower_path, vision_tower_source)
+        except LlavaLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - transformers' errors for broken folders vary by version
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlavaLoadError(f"{path}: cannot load this LLaVA folder ({type(exc).__name__}: {first})") from exc
+        gen.model.to(device)
+        return gen
+
+    @classmethod
+    def _load(cls, path: str, raw: dict, dtype, vision_dtype, vision_tower_path, vision_tower_source):
         dtype, vision_dtype = _to_dtype(dtype), _to_dtype(vision_dtype or dtype)
         model_type = raw.get("model_type")
         # Early original-LLaVA releases also wrote model_type "llava"; their mm_* fields tell them apart.
@@ -622,10 +641,9 @@ class TextInstructionGenerator:
             gen = cls._from_llava_hf(path, raw, dtype, vision_dtype)
         else:
             raise LlavaLoadError(
-                f"{cfg_path}: model_type {model_type!r} is neither 'llava' (llava-hf layout) "
+                f"{os.path.join(path, 'config.json')}: model_type {model_type!r} is neither 'llava' (llava-hf layout) "
                 "nor 'llava_llama' (original LLaVA layout with a LLaMA/Vicuna LLM)"
             )
-        gen.model.to(device)
         return gen
 
     @classmethod
@@ -832,6 +850,20 @@ class TextInstructionGenerator:
     def _decode_new(self, inputs: dict, max_new_tokens: int, num_beams: int, **kwargs) -> list[list[int]]:
         """Deterministic decoding (greedy, or beam search with ``num_beams``): the new token ids of each returned
         sequence."""
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        model_dtype = self.dtype
+
+        class RequireFinite(LogitsProcessor):
+            """NaN or +Inf scores (broken weights, fp16 overflow) would decode to garbage words; -Inf is the
+            suppressed tokens' own value."""
+
+            def __call__(self, input_ids, scores):
+                if bool(torch.isnan(scores).any() or torch.isposinf(scores).any()):
+                    raise NumericalFault("text model (LLaVA)", model_dtype, "next-token scores")
+                return scores
+
+        kwargs["logits_processor"] = LogitsProcessorList([RequireFinite(), *kwargs.get("logits_processor", [])])
         pad = self.tokenizer.pad_token_id
         out = self.model.generate(
             **inputs, do_sample=False, num_beams=int(num_beams), temperature=None, top_p=None, top_k=None,

@@ -8,11 +8,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.errors import UserInputError, finite_number
 from ..core.imaging import WorkingImage, to_rgb_uint8
 
 
-class NodeInputError(ValueError):
+class NodeInputError(UserInputError):
     """A node input that cannot be used; the message names the input."""
+
+
+def finite_input(value, name: str, low: float | None = None, high: float | None = None) -> float:
+    """A FLOAT node input, refused by name when NaN/Inf or out of range (ComfyUI's own range check lets NaN pass)."""
+    return finite_number(value, name, low, high)
 
 
 def image_batch_size(image, name: str = "image") -> int:
@@ -28,7 +34,7 @@ def image_to_uint8(image, index: int = 0, name: str = "image") -> np.ndarray:
     if not 0 <= index < n:
         raise NodeInputError(f"{name}: frame {index} requested from a batch of {n}")
     frame = image if image.ndim == 3 else image[index]
-    return to_rgb_uint8(frame.detach().float().cpu().clamp(0, 1).numpy())
+    return to_rgb_uint8(frame.detach().float().cpu().clamp(0, 1).numpy(), name)
 
 
 def images_to_uint8(image, name: str = "image") -> list[np.ndarray]:

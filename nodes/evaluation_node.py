@@ -7,35 +7,38 @@ IMAGE tensors are [B, H, W, C] float 0..1.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
 import torch
 
 from ..models.lpips_net import PERCEPTUAL_METRICS
+from .convert import NodeInputError, finite_input, images_to_uint8
 
 CATEGORY = "Inverse Painting"
 _METRIC_CACHE: dict = {}
 
 
-def parse_times(text: str) -> list[float] | None:
-    """'0, 0:23, 41.5' -> seconds; empty -> None. Accepts seconds or m:ss tokens."""
+def parse_times(text: str, name: str = "times") -> list[float] | None:
+    """'0, 0:23, 41.5' -> seconds; empty -> None. Accepts seconds or m:ss tokens; others are refused by name."""
     tokens = [t for t in re.split(r"[,\s;]+", (text or "").strip()) if t]
     if not tokens:
         return None
     out = []
     for t in tokens:
-        if ":" in t:
-            m, s = t.split(":", 1)
-            out.append(int(m) * 60 + float(s))
-        else:
-            out.append(float(t))
+        try:
+            if ":" in t:
+                m, s = t.split(":", 1)
+                value = int(m) * 60 + float(s)
+            else:
+                value = float(t)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value < 0:
+            raise NodeInputError(f"{name}: {t!r} is not a time (seconds like 41.5, or m:ss like 0:23)")
+        out.append(value)
     return out
-
-
-def _to_uint8_list(images: torch.Tensor) -> list[np.ndarray]:
-    arr = images.detach().cpu().float().clamp(0, 1).numpy()
-    return [np.clip(a[..., :3] * 255.0 + 0.5, 0, 255).astype(np.uint8) for a in arr]
 
 
 def _to_image(arr: np.ndarray) -> torch.Tensor:
@@ -118,12 +121,15 @@ class InversePaintingEvaluate:
         from ..evaluation.plots import plot_distance_curves, plot_time_map
         from ..evaluation.time_map import time_map
 
-        gen = _to_uint8_list(generated)
-        ref = _to_uint8_list(reference)
-        gt, rt = parse_times(generated_times), parse_times(reference_times)
+        gen = images_to_uint8(generated, "generated")
+        ref = images_to_uint8(reference, "reference")
+        gt, rt = parse_times(generated_times, "generated_times"), parse_times(reference_times, "reference_times")
         for what, times, frames in (("generated", gt, gen), ("reference", rt, ref)):
             if times is not None and len(times) != len(frames):
-                raise ValueError(f"{what}_times has {len(times)} entries for {len(frames)} frames")
+                raise NodeInputError(f"{what}_times has {len(times)} entries for {len(frames)} frames")
+        generated_interval_s = finite_input(generated_interval_s, "generated_interval_s", 0.1, 3600)
+        reference_interval_s = finite_input(reference_interval_s, "reference_interval_s", 0.1, 3600)
+        threshold = finite_input(threshold, "threshold", 0)
         m = _metric(metric, lpips_weights_dir)
         extractor = None
         if inception_weights:

@@ -161,8 +161,8 @@ class InversePaintingModel:
     def short_side(self) -> int | None:
         return self.painting.short_side
 
-    def working(self, target_uint8: np.ndarray) -> WorkingImage:
-        return prepare_image(target_uint8, self.short_side)
+    def working(self, target_uint8: np.ndarray, name: str = "target") -> WorkingImage:
+        return prepare_image(target_uint8, self.short_side, name=name)
 
     def target_state(self, loaded: _LoadedRelease, working: WorkingImage):
         """Renderer state of a target (latents, CLIP, ReferenceNet banks), cached per target image."""

@@ -17,7 +17,7 @@ import torch
 
 from ..core.export import write_process
 from . import comfy_bridge as cb
-from .convert import NodeInputError, images_to_uint8, mask_to_batch, uint8_to_image
+from .convert import NodeInputError, finite_input, images_to_uint8, mask_to_batch, uint8_to_image
 from .model_nodes import CATEGORY
 
 VIDEO_FORMATS = ["webp + mp4", "webp", "mp4", "none (PNG frames only)"]
@@ -106,6 +106,8 @@ class InversePaintingSaveProcess:
              prompt=None, extra_pnginfo=None):
         if video_format not in _VIDEO:
             raise NodeInputError(f"video_format must be one of {VIDEO_FORMATS}, got {video_format!r}")
+        seconds_per_frame = finite_input(seconds_per_frame, "seconds_per_frame", 0.04, 10.0)
+        interval = finite_input(interval, "interval", 0, 3600)
         imgs = images_to_uint8(frames, "frames")
         n = len(imgs)
         tl = None
@@ -173,6 +175,7 @@ class InversePaintingTimeMap:
     def run(self, frames, method="masks", threshold=0.2, colormap="viridis", masks=None):
         from ..evaluation.time_map import time_map
 
+        threshold = finite_input(threshold, "threshold", 0)
         imgs = images_to_uint8(frames, "frames")
         n = len(imgs)
         change = None

@@ -18,7 +18,7 @@ from ..core.loop import keyframe_start, paste_unmasked
 from ..core.mask_generator import fall_back_to_difference
 from ..core.sampling import NoiseSource
 from . import comfy_bridge as cb
-from .convert import (NodeInputError, core_mask_to_comfy, gray_to_image, image_batch_size, image_to_uint8,
+from .convert import (NodeInputError, core_mask_to_comfy, finite_input, gray_to_image, image_batch_size, image_to_uint8,
                       mask_to_batch, mask_to_working, snap_to_latent_grid, uint8_to_image)
 from .model_nodes import CATEGORY, METRICS, MODEL_TYPE, TEXT_MODEL_TYPE
 
@@ -44,14 +44,14 @@ def guidance_inputs() -> dict:
 
 
 def scales_from(kwargs) -> GuidanceScales:
-    return GuidanceScales(float(kwargs["guidance_image"]), float(kwargs["guidance_canvas"]),
-                          float(kwargs["guidance_time"]), float(kwargs["guidance_mask"]),
-                          float(kwargs["guidance_text"]))
+    names = ("guidance_image", "guidance_canvas", "guidance_time", "guidance_mask", "guidance_text")
+    return GuidanceScales(*(finite_input(kwargs[n], n) for n in names))
 
 
 SEED_INPUT = ("INT", {"default": 1, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                      "tooltip": "Noise seed. Draws are made on the CPU, so a seed gives the same result on every "
-                                 "device."})
+                      "tooltip": "Noise seed. The same seed, settings and device give the same result (noise is drawn "
+                                 "on the CPU; other devices may differ in the last bits, which later keyframes can "
+                                 "grow)."})
 STEPS_INPUT = ("INT", {"default": 25, "min": 1, "max": 200, "tooltip": "Denoising steps per keyframe (release: 25). "
                                                                         "Ignored when SIGMAS are connected."})
 IMAGE_CANVAS = ("IMAGE", {"tooltip": "The current canvas (the painting so far). A blank white image for the first "
@@ -154,6 +154,7 @@ class InversePaintingDifferenceMask:
         }}
 
     def run(self, canvas, target, threshold=0.2, metric=METRICS[0], model=None):
+        threshold = finite_input(threshold, "threshold", 0)
         if model is not None and model.metric_name == metric:
             loaded = model.load()
             net, short_side = loaded.metric, model.short_side
@@ -208,6 +209,9 @@ class InversePaintingMaskGenerator:
     def run(self, model, canvas, target, instruction, interval, threshold_ladder=True, threshold=0.5,
             difference_threshold=0.2, previous_mask=None):
         model.require(mask_generator=True)
+        interval = finite_input(interval, "interval", 0)
+        threshold = finite_input(threshold, "threshold", 0, 1)
+        difference_threshold = finite_input(difference_threshold, "difference_threshold", 0)
         loaded = model.load()
         working, canvas_u8 = _working(model, target, canvas)
         cb.check_interrupt()
@@ -286,6 +290,9 @@ class InversePaintingRenderKeyframe:
     def run(self, model, canvas, target, instruction, mask, interval, seed, steps, previous_latent=None,
             combine_ratio=0.2, sampler=None, sigmas=None, fast_guidance=True, **guidance):
         model.require(renderer=True)
+        interval = finite_input(interval, "interval", 0)
+        combine_ratio = finite_input(combine_ratio, "combine_ratio", 0, 1)
+        scales = scales_from(guidance)
         ext, sig = make_sampling(sampler, sigmas, seed)
         loaded = model.load()
         working, canvas_u8 = _working(model, target, canvas)
@@ -310,7 +317,7 @@ class InversePaintingRenderKeyframe:
             prev = None
             n_steps = max(1, int(round(n_steps * painting.denoise)))
         progress = cb.Progress(n_steps)
-        result = renderer.render(conds, noise, int(steps), scales_from(guidance), bool(fast_guidance), prev,
+        result = renderer.render(conds, noise, int(steps), scales, bool(fast_guidance), prev,
                                  float(combine_ratio), sampler=ext, sigmas=sig, callback=step_callback(progress),
                                  start_latents=start, denoise=painting.denoise)
         rendered = paste_unmasked(canvas_u8, result.image, mask_full) if painting.keep_unmasked else result.image

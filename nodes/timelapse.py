@@ -156,11 +156,11 @@ class InversePaintingTimelapse:
             stop_target_distance=float(stop_target_distance), stop_change=float(stop_change),
             **{k: int(v) for k, v in (("stop_stalled", stop_stalled), ("finish_frames", finish_frames)) if v >= 0})
 
+        working = model.working(image_to_uint8(target, 0, "target"))  # inputs checked before the models load
+        start = working.fit(image_to_uint8(start_canvas, 0, "start_canvas"), "start_canvas") \
+            if start_canvas is not None else working.white_canvas()
         loaded = model.load()
         painter = loaded.painter
-        working = model.working(image_to_uint8(target, 0, "target"))
-        start = working.fit(image_to_uint8(start_canvas, 0, "start_canvas")) if start_canvas is not None \
-            else working.white_canvas()
         h, w = working.size
         n_steps = (len(sig) - 1) if sig is not None else int(steps)
         progress = cb.Progress(int(max_keyframes) * n_steps, node_id=unique_id)

@@ -87,11 +87,12 @@ def test_identical_folders_give_perfect_scores(painted, tmp_path):
     assert ov["fid"] is None and "no Inception" in ov["fid_note"]
 
 
-def test_inception_requested_without_file_is_a_clear_error(painted, tmp_path):
+def test_inception_requested_without_file_is_a_clear_error(painted, tmp_path, capsys):
     root, _, _ = painted
-    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
-        main([str(root / "generated"), str(root / "real"), "--out", str(tmp_path), "--fid", "inception",
-              "--inception-weights", str(tmp_path / "missing.pth")])
+    assert main([str(root / "generated"), str(root / "real"), "--out", str(tmp_path), "--fid", "inception",
+                 "--inception-weights", str(tmp_path / "missing.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "pt_inception-2015-12-05-6726825d.pth" in err and len(err.splitlines()) == 1
 
 
 def test_module_entry_point_help():

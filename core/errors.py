@@ -1,0 +1,115 @@
+"""Named errors: what the user gave that cannot be used, and numerical faults found while painting.
+
+A :class:`UserInputError` names the input (a file, an option, a folder, a node input) and says what would
+be accepted; the command line prints it on one line and exits with 2, ComfyUI shows it in its error
+dialog. A :class:`NumericalFault` names the stage where values stopped being finite and the likely cause.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import traceback
+from typing import Callable
+
+import torch
+
+
+class UserInputError(ValueError):
+    """An input that cannot be used; the message names it and what would be accepted."""
+
+
+class OptionError(UserInputError):
+    """An option or node setting out of its range."""
+
+
+class OutputFolderError(UserInputError):
+    """An output location that cannot be written, or holds a run that must not be overwritten."""
+
+
+class NumericalFault(RuntimeError):
+    """Values that stopped being finite (NaN/Inf) at a named stage of the painting."""
+
+    def __init__(self, stage: str, dtype: torch.dtype | None = None, detail: str = ""):
+        self.stage = stage
+        if dtype in (torch.float16,):
+            cause = ("likely an fp16 overflow: run in bf16 or fp32 (--dtype / the loader's precision)")
+        else:
+            cause = "likely NaN/Inf in the model's weights or in an input"
+        super().__init__(f"non-finite values (NaN/Inf) in the {stage}{': ' + detail if detail else ''}; {cause}. "
+                         "Nothing from this keyframe was kept.")
+
+
+def check_finite(tensor: torch.Tensor, stage: str, detail: str = "") -> torch.Tensor:
+    """``tensor`` unchanged, or :class:`NumericalFault` naming ``stage`` if it holds NaN/Inf."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise NumericalFault(stage, tensor.dtype, detail)
+    return tensor
+
+
+def finite_number(value, name: str, low: float | None = None, high: float | None = None,
+                  low_open: bool = False) -> float:
+    """``value`` as a float, or :class:`OptionError` naming ``name`` when it is NaN/Inf or out of range."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be a number, got {value!r}") from None
+    ok = math.isfinite(x) and (low is None or (x > low if low_open else x >= low)) and (high is None or x <= high)
+    if not ok:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        bounds = " and ".join(b for b in (lo, hi) if b)
+        raise OptionError(f"{name} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}")
+    return x
+
+
+def whole_number(value, name: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int, or :class:`OptionError` naming ``name`` when it is not one or out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise OptionError(f"{name} must be a whole number, got {value!r}")
+    try:
+        n = int(value) if not isinstance(value, float) else (int(value) if value.is_integer() else None)
+    except (TypeError, ValueError, OverflowError):
+        n = None
+    if n is None or (low is not None and n < low) or (high is not None and n > high):
+        rng = f" from {low} to {high}" if low is not None and high is not None else (
+            f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
+        raise OptionError(f"{name} must be a whole number{rng}, got {value!r}")
+    return n
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as an :class:`OptionError` (one line, exit 2 through
+    :func:`run_command`) instead of printing the usage block."""
+
+    def error(self, message):
+        raise OptionError(f"{self.prog}: {message} (see --help)")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(exc).strip().splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
+def run_command(command: Callable[[], int], debug: bool = False, stderr=None) -> int:
+    """Run a command-line entry point and turn its failures into one line on stderr and an exit code:
+    2 for a user error (:class:`UserInputError`), 1 for a numerical fault, a file-system error or an internal
+    error, 130 for Ctrl-C. ``debug`` also prints the traceback."""
+    stderr = stderr or sys.stderr
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("interrupted", file=stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - reported, never silently swallowed
+        if isinstance(exc, UserInputError):
+            line, code = f"error: {_one_line(exc)}", 2
+        elif isinstance(exc, (NumericalFault, OSError)):
+            line, code = f"error: {_one_line(exc)}", 1
+        else:
+            line, code = (f"internal error: {type(exc).__name__}: {_one_line(exc)} (please report it with the "
+                          "output of the same command with --debug)"), 1
+        if debug:
+            traceback.print_exc(file=stderr)
+        print(line, file=stderr)
+        return code

@@ -1,0 +1,638 @@
+"""Bad and unusual inputs, as a hostile new user would give them, through the command line and the nodes.
+
+Every case must end in a named error before any painting: one ``error: ...`` line on stderr naming the input,
+exit code 2 (1 for a numerical fault), no traceback, and the files already in the output folder untouched.
+Image modes that used to be read wrongly (16-bit, float, EXIF orientation, ...) are read by their meaning.
+An interrupted run keeps its frames and ``--resume`` finishes it with the frames of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inverse_painting.cli import main
+
+PACK = Path(__file__).resolve().parents[1]
+STARTER = PACK / "assets" / "starter_model"
+FAST = ["--steps", "2", "--max-keyframes", "2", "--short-side", "64"]
+
+
+def _snapshot(folder: Path) -> dict:
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _earlier_run(folder: Path) -> Path:
+    """An output folder holding a user's earlier run (and a note of theirs)."""
+    (folder / "frames").mkdir(parents=True)
+    Image.new("RGB", (64, 64), "white").save(folder / "frames" / "0000_0m00s.png")
+    (folder / "manifest.json").write_text(json.dumps({"settings": {"seed": 1}, "keyframes": []}))
+    (folder / "my notes.txt").write_text("mine")
+    return folder
+
+
+def _painting(path: Path, size=(96, 72)) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+class Evil:
+    """Pickled by reference: a checkpoint holding it must be refused, never unpickled."""
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_release):
+    d = tmp_path_factory.mktemp("hostile")
+    f = {"painting": _painting(d / "painting.png"), "release": tiny_release, "missing": d / "nope.png"}
+    (d / "folder.png").mkdir()
+    f["folder"] = d / "folder.png"
+    (d / "text.png").write_text("not an image")
+    f["text"] = d / "text.png"
+    good = f["painting"].read_bytes()
+    (d / "truncated.png").write_bytes(good[: len(good) // 2])
+    f["truncated"] = d / "truncated.png"
+    Image.new("RGB", (1, 1), "red").save(d / "tiny.png")
+    f["tiny"] = d / "tiny.png"
+    Image.new("RGB", (20000, 100), "blue").save(d / "strip.png")
+    f["strip"] = d / "strip.png"
+    a = np.full((80, 80), 0.5, np.float32)
+    a[3, 3] = np.nan
+    Image.fromarray(a, mode="F").save(d / "nan.tiff")
+    f["nan_tiff"] = d / "nan.tiff"
+    Image.fromarray(np.full((80, 80), 200.0, np.float32), mode="F").save(d / "range.tiff")
+    f["range_tiff"] = d / "range.tiff"
+    Image.fromarray(np.full((80, 80), 100000, np.int32), mode="I").save(d / "i32.tiff")
+    f["i32_tiff"] = d / "i32.tiff"
+    (d / "empty").mkdir()
+    f["empty"] = d / "empty"
+    (d / "a_file").write_text("x")
+    f["a_file"] = d / "a_file"
+    return f
+
+
+def _release_copy(files, tmp_path, name="rel") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(files["release"], dst)
+    return dst
+
+
+def _renderer_ckpt(release: Path) -> Path:
+    return next((release / "renderer" / "ckpt").glob("*.ckpt"))
+
+
+def _edit_renderer(release: Path, edit) -> None:
+    path = _renderer_ckpt(release)
+    ckpt = torch.load(path, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, path)
+
+
+def _nan_weight(ckpt):
+    ckpt["unet_state_dict"]["conv_in.weight"][0, 0, 0, 0] = float("nan")
+
+
+WRONG = "down_blocks.0.resnets.0.conv1.weight"
+
+
+def _wrong_shape(ckpt):
+    w = ckpt["unet_state_dict"][WRONG]
+    ckpt["unet_state_dict"][WRONG] = torch.zeros(w.shape[0], w.shape[1], 1, 1)
+
+
+def _pickle_global(ckpt):
+    ckpt["extra"] = Evil()
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+# (case id, argv builder(files, tmp, out) -> argv, setup(files, tmp) or None, expected code, words in the error)
+P = "paint"
+
+
+def _paint(files, *extra, image="painting", release=None):
+    return [P, str(files[image]), "--models", str(release or files["release"]), "--instructions", "sky", *FAST, *extra]
+
+
+def _corrupt_release(edit):
+    def setup(files, tmp):
+        rel = _release_copy(files, tmp)
+        edit(rel)
+        return rel
+    return setup
+
+
+def _write(rel_path: str, text: str):
+    return _corrupt_release(lambda rel: (rel / rel_path).write_text(text))
+
+
+CLI_CASES = [
+    # images
+    ("image missing", lambda f, t, o: _paint(f, "--out", o, image="missing"), None, 2, ["nope.png", "no such file"]),
+    ("image is a folder", lambda f, t, o: _paint(f, "--out", o, image="folder"), None, 2, ["not a regular file"]),
+    ("text file named .png", lambda f, t, o: _paint(f, "--out", o, image="text"), None, 2, ["text.png", "cannot read"]),
+    ("truncated png", lambda f, t, o: _paint(f, "--out", o, image="truncated"), None, 2, ["truncated.png"]),
+    ("1x1 image", lambda f, t, o: _paint(f, "--out", o, image="tiny"), None, 2, ["1x1", "at least 64"]),
+    ("20000x100 strip", lambda f, t, o: _paint(f, "--out", o, image="strip"), None, 2, ["20000x100", "4:1"]),
+    ("float tiff with NaN", lambda f, t, o: _paint(f, "--out", o, image="nan_tiff"), None, 2, ["nan.tiff", "NaN"]),
+    ("float tiff 0..255", lambda f, t, o: _paint(f, "--out", o, image="range_tiff"), None, 2, ["range.tiff", "0..1"]),
+    ("int32 tiff out of range", lambda f, t, o: _paint(f, "--out", o, image="i32_tiff"), None, 2, ["0..65535"]),
+    # options
+    ("interval nan", lambda f, t, o: _paint(f, "--out", o, "--interval", "nan"), None, 2, ["--interval", "nan"]),
+    ("interval -30", lambda f, t, o: _paint(f, "--out", o, "--interval", "-30"), None, 2, ["--interval", "> 0"]),
+    ("interval 0", lambda f, t, o: _paint(f, "--out", o, "--interval", "0"), None, 2, ["--interval"]),
+    ("interval inf", lambda f, t, o: _paint(f, "--out", o, "--interval", "inf"), None, 2, ["--interval"]),
+    ("steps 0", lambda f, t, o: _paint(f, "--out", o, "--steps", "0"), None, 2, ["--steps", "from 1"]),
+    ("steps 2.5", lambda f, t, o: _paint(f, "--out", o, "--steps", "2.5"), None, 2, ["--steps", "whole number"]),
+    ("max-keyframes 0", lambda f, t, o: _paint(f, "--out", o, "--max-keyframes", "0"), None, 2, ["--max-keyframes"]),
+    ("seed 2**64", lambda f, t, o: _paint(f, "--out", o, "--seed", str(2**64)), None, 2, ["--seed"]),
+    ("seed -1", lambda f, t, o: _paint(f, "--out", o, "--seed", "-1"), None, 2, ["--seed"]),
+    ("guidance nan", lambda f, t, o: _paint(f, "--out", o, "--guidance", "2", "1", "nan", "5", "5"), None, 2,
+     ["--guidance"]),
+    ("short side 100", lambda f, t, o: _paint(f, "--out", o, "--short-side", "100"), None, 2,
+     ["--short-side", "multiple of 8"]),
+    ("short side 8", lambda f, t, o: _paint(f, "--out", o, "--short-side", "8"), None, 2, ["--short-side"]),
+    ("denoise 0", lambda f, t, o: _paint(f, "--out", o, "--denoise", "0"), None, 2, ["--denoise"]),
+    ("denoise 1.5", lambda f, t, o: _paint(f, "--out", o, "--denoise", "1.5"), None, 2, ["--denoise"]),
+    ("reask -1", lambda f, t, o: _paint(f, "--out", o, "--reask", "-1"), None, 2, ["--reask"]),
+    ("empty instruction list", lambda f, t, o: [P, str(f["painting"]), "--models", str(f["release"]),
+                                                "--instructions", " | | ", "--out", o], None, 2, ["--instructions"]),
+    ("unknown option", lambda f, t, o: _paint(f, "--out", o, "--colour", "red"), None, 2, ["--colour"]),
+    ("overwrite and resume", lambda f, t, o: _paint(f, "--out", o, "--overwrite", "--resume"), None, 2,
+     ["--resume", "not allowed"]),
+    ("device banana", lambda f, t, o: _paint(f, "--out", o, "--device", "banana"), None, 2, ["--device", "banana"]),
+    ("device cuda without CUDA", lambda f, t, o: _paint(f, "--out", o, "--device", "cuda"), None, 2,
+     ["--device cuda"]),
+    ("dtype fp8", lambda f, t, o: _paint(f, "--out", o, "--dtype", "fp8"), None, 2, ["--dtype"]),
+    # model folders
+    ("models missing", lambda f, t, o: _paint(f, "--out", o, release=t / "no_models"), None, 2,
+     ["no_models", "not found"]),
+    ("models empty folder", lambda f, t, o: _paint(f, "--out", o, release=f["empty"]), None, 2,
+     ["empty", "cannot find"]),
+    ("models is a file", lambda f, t, o: _paint(f, "--out", o, release=f["a_file"]), None, 2, ["a_file"]),
+    ("garbage config.yaml", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _write("renderer/config.yaml", "{: [unbalanced"), 2, ["config.yaml", "YAML"]),
+    ("config.yaml a list", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _write("renderer/config.yaml", "- 1\n- 2\n"), 2, ["config.yaml", "mapping"]),
+    ("garbage unet config.json", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _write("base/unet/config.json", "{not json"), 2, ["unet/config.json", "JSON"]),
+    ("garbage vae config.json", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _write("base/vae/config.json", "[]"), 2, ["vae/config.json"]),
+    ("garbage starter.json", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _write("starter.json", "{\"options\": 3}"), 2, ["starter.json"]),
+    ("unknown starter paint default", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _write("starter.json", json.dumps({"options": {"size": 64}, "paint_defaults": {"colour": 1}})), 2,
+     ["starter.json", "colour"]),
+    ("truncated renderer ckpt", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: _renderer_ckpt(rel).write_bytes(_renderer_ckpt(rel).read_bytes()[:2000])), 2,
+     ["checkpoint-global_step"]),
+    ("empty renderer ckpt", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: _renderer_ckpt(rel).write_bytes(b"")), 2, ["empty"]),
+    ("pickle with a Python object", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: _edit_renderer(rel, _pickle_global)), 2, ["refused", "could run code"]),
+    ("NaN in renderer weights", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: _edit_renderer(rel, _nan_weight)), 2, ["NaN", "conv_in.weight"]),
+    ("wrong-shaped tensor", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: _edit_renderer(rel, _wrong_shape)), 2, [WRONG, "wrong shape"]),
+    ("vae folder without weights", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: [p.unlink() for p in (rel / "base" / "vae").glob("*.safetensors")]), 2,
+     ["vae", "VAE"]),
+    ("no text model and no instructions", lambda f, t, o: [P, str(f["painting"]), "--models", str(f["release"]),
+                                                           "--out", o, *FAST], None, 2, ["--instructions"]),
+    # output locations
+    ("out is a file", lambda f, t, o: _paint(f, "--out", str(f["a_file"])), None, 2, ["a file is in the way"]),
+    ("out holds an earlier run", lambda f, t, o: _paint(f, "--out", o), None, 2, ["not empty", "--overwrite"]),
+    ("out under /proc", lambda f, t, o: _paint(f, "--out", "/proc/inverse_painting_out"), None, 2,
+     ["/proc/inverse_painting_out", "cannot be created"]),
+    ("resume another tool's run", lambda f, t, o: _paint(f, "--out", o, "--resume", "--seed", "9"),
+     None, 2, ["--resume", "other settings"]),
+    # other commands
+    ("convert missing path", lambda f, t, o: ["convert", str(t / "nothing")], None, 2, ["nothing", "no such"]),
+    ("convert empty folder", lambda f, t, o: ["convert", str(f["empty"])], None, 2, ["no .ckpt"]),
+    ("convert a text file", lambda f, t, o: ["convert", str(f["text"])], None, 2, ["not a .ckpt"]),
+    ("parity missing folder", lambda f, t, o: ["parity", str(t / "nothing")], None, 2, ["not a parity fixture"]),
+    ("tiny-release into a run", lambda f, t, o: ["tiny-release", o], None, 2, ["not empty"]),
+    ("evaluate missing folder", lambda f, t, o: ["evaluate", str(t / "nothing"), str(f["empty"])], None, 2,
+     ["nothing", "not a folder"]),
+    ("evaluate unknown option", lambda f, t, o: ["evaluate", o, o, "--bogus"], None, 2, ["--bogus"]),
+]
+
+
+# found while the weights load, which happens after the output folder was checked (and created): these cases
+# run with a new output folder, which must stay empty
+AT_LOAD = {"pickle with a Python object", "NaN in renderer weights", "wrong-shaped tensor", "vae folder without weights"}
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_refuses_bad_input_by_name(case, files, tmp_path, capsys):
+    name, argv_of, setup, code, words = case
+    if setup is not None:
+        setup(files, tmp_path)
+    out = tmp_path / "new_out" if name in AT_LOAD else _earlier_run(tmp_path / "out")
+    before = _snapshot(out)
+    rc, stdout, err = _run(argv_of(files, tmp_path, str(out)), capsys)
+    lines = err.strip().splitlines()
+    assert rc == code, (name, rc, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + stdout
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "weights_only=False" not in err
+    assert _snapshot(out) == before  # the earlier run and the user's note are untouched
+    assert not list(tmp_path.rglob("*.partial*"))
+
+
+def test_debug_shows_the_traceback(files, tmp_path, capsys):
+    rc, _, err = _run(_paint(files, "--out", str(tmp_path / "o"), image="tiny") + ["--debug"], capsys)
+    assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_numerical_fault_names_its_stage_and_keeps_earlier_frames(files, tmp_path, capsys, monkeypatch):
+    """NaN appearing in the renderer at keyframe 2: exit 1 naming the stage; keyframe 1 kept, nothing black."""
+    from inverse_painting.models.renderer_unet import RendererUNet
+
+    forward = RendererUNet.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] > 2 else out  # two steps per keyframe: keyframe 2 breaks
+
+    monkeypatch.setattr(RendererUNet, "forward", poisoned)
+    out = tmp_path / "o"
+    rc, _, err = _run(_paint(files, "--out", str(out)), capsys)
+    assert rc == 1 and err.strip().startswith("error: non-finite values") and "renderer UNet" in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and len(man["keyframes"]) == 2  # start canvas + keyframe 1
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [Path(e["file"]).name for e in man["keyframes"]]
+
+
+def test_vae_decoder_fault_is_named(files, tmp_path, capsys, monkeypatch):
+    from inverse_painting.core.model_set import ModelSet
+
+    decode = ModelSet.decode_latents
+    monkeypatch.setattr(ModelSet, "decode_latents", lambda self, latents: decode(self, latents * float("nan")))
+    rc, _, err = _run(_paint(files, "--out", str(tmp_path / "o")), capsys)
+    assert rc == 1 and "VAE decoder" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+
+
+@pytest.fixture(scope="module")
+def node_model(tiny_release):
+    from inverse_painting.nodes.model_nodes import InversePaintingModel
+
+    return InversePaintingModel(tiny_release, device="cpu", precision="fp32", short_side=64)
+
+
+def _image(h=64, w=80, value=0.5):
+    return torch.full((1, h, w, 3), value)
+
+
+def _nan_image():
+    img = _image()
+    img[0, 3, 3, 1] = float("nan")
+    return img
+
+
+GUIDANCE = dict(guidance_image=2.0, guidance_canvas=1.0, guidance_time=5.0, guidance_mask=5.0, guidance_text=5.0)
+
+
+def _timelapse(model, **over):
+    from inverse_painting.nodes.timelapse import InversePaintingTimelapse
+
+    kw = dict(model=model, target=_image(), interval=20.0, max_keyframes=1, seed=1, steps=1, instructions="sky",
+              **GUIDANCE)
+    kw.update(over)
+    return InversePaintingTimelapse().run(**kw)
+
+
+def _render(model, **over):
+    from inverse_painting.nodes.step_nodes import InversePaintingRenderKeyframe
+
+    kw = dict(model=model, canvas=_image(value=1.0), target=_image(), instruction="sky",
+              mask=torch.ones(1, 64, 80), interval=20.0, seed=1, steps=1, **GUIDANCE)
+    kw.update(over)
+    return InversePaintingRenderKeyframe().run(**kw)
+
+
+def _save(**over):
+    from inverse_painting.nodes.output_nodes import InversePaintingSaveProcess
+
+    kw = dict(frames=torch.rand(2, 64, 64, 3), filename_prefix="hostile/run")
+    kw.update(over)
+    return InversePaintingSaveProcess().save(**kw)
+
+
+def _evaluate(**over):
+    from inverse_painting.nodes.evaluation_node import InversePaintingEvaluate
+
+    kw = dict(generated=torch.rand(3, 64, 64, 3), reference=torch.rand(3, 64, 64, 3))
+    kw.update(over)
+    return InversePaintingEvaluate().run(**kw)
+
+
+def _difference(**over):
+    from inverse_painting.nodes.step_nodes import InversePaintingDifferenceMask
+
+    kw = dict(canvas=_image(value=1.0), target=_image(), threshold=0.2, metric="stlpips_alex")
+    kw.update(over)
+    return InversePaintingDifferenceMask().run(**kw)
+
+
+def _mask(model, **over):
+    from inverse_painting.nodes.step_nodes import InversePaintingMaskGenerator
+
+    kw = dict(model=model, canvas=_image(value=1.0), target=_image(), instruction="sky", interval=20.0)
+    kw.update(over)
+    return InversePaintingMaskGenerator().run(**kw)
+
+
+def _time_map(**over):
+    from inverse_painting.nodes.output_nodes import InversePaintingTimeMap
+
+    kw = dict(frames=torch.rand(3, 64, 64, 3), method="pixel")
+    kw.update(over)
+    return InversePaintingTimeMap().run(**kw)
+
+
+NODE_CASES = [
+    ("time-lapse target NaN", lambda m: _timelapse(m, target=_nan_image()), ["target", "NaN"]),
+    ("time-lapse start canvas NaN", lambda m: _timelapse(m, start_canvas=_nan_image()), ["start_canvas", "NaN"]),
+    ("time-lapse interval NaN", lambda m: _timelapse(m, interval=float("nan")), ["interval", "nan"]),
+    ("time-lapse interval 0", lambda m: _timelapse(m, interval=0.0), ["interval", "> 0"]),
+    ("time-lapse guidance inf", lambda m: _timelapse(m, guidance_text=float("inf")), ["guidance_text"]),
+    ("time-lapse strip target", lambda m: _timelapse(m, target=_image(h=64, w=600)), ["600x64", "4:1"]),
+    ("time-lapse target batch of masks", lambda m: _timelapse(m, target=torch.rand(1, 64, 80)), ["target"]),
+    ("time-lapse stop distance NaN", lambda m: _timelapse(m, stop_target_distance=float("nan")),
+     ["stop_target_distance"]),
+    ("render guidance NaN", lambda m: _render(m, guidance_image=float("nan")), ["guidance_image"]),
+    ("render canvas NaN", lambda m: _render(m, canvas=_nan_image()), ["canvas", "NaN"]),
+    ("render combine ratio 2", lambda m: _render(m, combine_ratio=2.0), ["combine_ratio"]),
+    ("mask generator interval inf", lambda m: _mask(m, interval=float("inf")), ["interval"]),
+    ("difference threshold NaN", lambda m: _difference(threshold=float("nan")), ["threshold"]),
+    ("save frames NaN", lambda m: _save(frames=_nan_image()), ["frames", "NaN"]),
+    ("save seconds per frame NaN", lambda m: _save(seconds_per_frame=float("nan")), ["seconds_per_frame"]),
+    ("save prefix escaping output", lambda m: _save(filename_prefix="../../etc/x"), ["filename_prefix"]),
+    ("evaluate times not times", lambda m: _evaluate(generated_times="0, soon, 40"), ["generated_times", "soon"]),
+    ("evaluate times miscounted", lambda m: _evaluate(reference_times="0, 20"), ["reference_times"]),
+    ("evaluate images NaN", lambda m: _evaluate(generated=_nan_image()), ["generated", "NaN"]),
+    ("time map threshold NaN", lambda m: _time_map(threshold=float("nan")), ["threshold"]),
+]
+
+
+@pytest.mark.parametrize("case", NODE_CASES, ids=[c[0] for c in NODE_CASES])
+def test_nodes_refuse_bad_input_by_name(case, node_model, tmp_path, monkeypatch):
+    from inverse_painting.core.errors import UserInputError
+
+    monkeypatch.setenv("INVERSE_PAINTING_OUTPUT", str(tmp_path))
+    name, call, words = case
+    with pytest.raises(UserInputError) as info:
+        call(node_model)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+    assert not list(tmp_path.rglob("*.png"))  # refused before anything was written
+
+
+def test_loader_node_names_a_broken_release(tmp_path, tiny_release):
+    from inverse_painting.core.errors import UserInputError
+    from inverse_painting.nodes.model_nodes import InversePaintingModel
+
+    rel = tmp_path / "rel"
+    shutil.copytree(tiny_release, rel)
+    shutil.rmtree(rel / "clip")
+    with pytest.raises(UserInputError, match="clip"):
+        InversePaintingModel(rel, device="cpu", precision="fp32")
+
+
+# ------------------------------------------------------------------------------------------------ image modes
+
+
+def _read(path):
+    from inverse_painting.core.imaging import load_image
+
+    return load_image(path)
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 96 * 80).reshape(80, 96).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    img, note = _read(tmp_path / "g16.png")
+    assert img[0, 0].tolist() == [0, 0, 0] and img[-1, -1].tolist() == [255, 255, 255]
+    assert abs(float(img.mean()) - 127.5) < 1.5 and "16-bit" in note
+    f = np.linspace(0, 1, 96 * 80).reshape(80, 96).astype(np.float32)
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tiff")
+    img, note = _read(tmp_path / "f.tiff")
+    assert img[0, 0, 0] == 0 and img[-1, -1, 0] == 255 and abs(float(img.mean()) - 127.5) < 1.5
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    a = np.zeros((60, 100, 3), np.uint8)
+    a[:, :50] = 255  # left half white, landscape as stored
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": a portrait photo
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    img, note = _read(tmp_path / "phone.jpg")
+    assert img.shape == (100, 60, 3) and "EXIF" in note
+    assert img[:45].mean() > 200 and img[55:].mean() < 50  # white half on top after the turn
+
+
+def test_other_modes_read_by_their_meaning(tmp_path):
+    from PIL import ImageCms  # noqa: F401 - Pillow's LittleCMS, needed for LAB
+
+    Image.new("LAB", (80, 80), (128, 128, 128)).save(tmp_path / "lab.tiff")
+    img, _ = _read(tmp_path / "lab.tiff")
+    assert abs(int(img[0, 0, 0]) - 119) <= 3 and len(set(img[0, 0].tolist())) == 1  # mid grey, not a colour
+    p = Image.new("P", (80, 80), 0)
+    p.putpalette([10, 20, 30] * 256)
+    p.info["transparency"] = 0
+    p.save(tmp_path / "p.png", transparency=0)
+    assert _read(tmp_path / "p.png")[0][0, 0].tolist() == [255, 255, 255]  # transparent = blank canvas
+    Image.new("CMYK", (80, 80), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
+    assert _read(tmp_path / "c.jpg")[0].min() > 245
+    frames = [Image.new("RGB", (80, 80), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    img, note = _read(tmp_path / "anim.gif")
+    assert img[0, 0, 0] > 200 and "first of its 2 frames" in note
+
+
+def test_image_arrays_with_nan_are_refused():
+    from inverse_painting.core.imaging import ImageInputError, to_rgb_uint8
+
+    with pytest.raises(ImageInputError, match="start canvas.*NaN"):
+        to_rgb_uint8(np.full((8, 8, 3), np.nan), "start canvas")
+
+
+# ------------------------------------------------------------------------------------------------ output folders
+
+
+def _paint_argv(files, out, *extra):
+    return _paint(files, "--out", str(out), "--seed", "5", *extra)
+
+
+def test_overwrite_replaces_only_the_earlier_run(files, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert _run(_paint_argv(files, out, "--max-keyframes", "3"), capsys)[0] == 0
+    assert len(list((out / "frames").glob("*.png"))) >= 3
+    (out / "my notes.txt").write_text("mine")
+    assert _run(_paint_argv(files, out, "--overwrite", "--max-keyframes", "1"), capsys)[0] == 0  # a shorter run
+    names = sorted(p.name for p in (out / "frames").glob("*.png"))
+    man = json.loads((out / "manifest.json").read_text())
+    assert names == sorted(Path(e["file"]).name for e in man["keyframes"]) and len(names) == 2  # nothing mixed
+    assert (out / "my notes.txt").read_text() == "mine" and man["status"] == "complete"
+    assert not (out / ".resume_state.safetensors").exists()
+
+
+def test_interrupt_keeps_a_valid_folder_and_resume_gives_the_same_frames(files, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after keyframe 2 of 4 (in process), then --resume: byte-identical frames and masks."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    argv = lambda out, *x: _paint_argv(files, out, "--max-keyframes", "4", "--instructions", "sky|sea|land", *x)  # noqa
+    assert _run(argv(full), capsys)[0] == 0
+    from inverse_painting.core.export import ProcessWriter
+
+    add = ProcessWriter.add
+
+    def add_then_stop(self, frame, record, mask=None):
+        entry = add(self, frame, record, mask)
+        if self.count == 3:  # the start canvas and keyframes 1, 2 are written
+            raise KeyboardInterrupt
+        return entry
+
+    monkeypatch.setattr(ProcessWriter, "add", add_then_stop)
+    rc, _, err = _run(argv(part), capsys)
+    assert rc == 130 and "--resume" in err
+    man = json.loads((part / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and len(man["keyframes"]) == 3
+    monkeypatch.setattr(ProcessWriter, "add", add)
+    before = _snapshot(part)
+    rc, _, err = _run(argv(part, "--resume", "--seed", "9"), capsys)  # other settings: refused, nothing touched
+    assert rc == 2 and "seed: 5 in the run, 9 now" in err and _snapshot(part) == before
+    rc, out, _ = _run(argv(part, "--resume"), capsys)
+    assert rc == 0 and "resuming" in out
+    assert _snapshot(part / "frames") == _snapshot(full / "frames")
+    assert _snapshot(part / "masks") == _snapshot(full / "masks")
+    done = json.loads((part / "manifest.json").read_text())
+    assert done["status"] == "complete" and done["settings"] == json.loads((full / "manifest.json").read_text())["settings"]
+    rc, out, _ = _run(argv(part, "--resume"), capsys)
+    assert rc == 0 and "nothing to resume" in out
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_frames_of_an_uninterrupted_one(tmp_path):
+    """A real process killed with SIGKILL after some keyframe (no cleanup at all), then resumed."""
+    cmd = [sys.executable, "-m", "inverse_painting.cli", "paint", "--out"]
+    opts = ["--max-keyframes", "4", "--steps", "2", "--seed", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    subprocess.run(cmd + [str(tmp_path / "full")] + opts, env=env, check=True, capture_output=True)
+    part = tmp_path / "part"
+    proc = subprocess.Popen(cmd + [str(part)] + opts, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (part / "frames" / "0002_0m40s.png").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((part / "manifest.json").read_text())["status"] == "painting"
+    r = subprocess.run(cmd + [str(part)] + opts + ["--resume"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _snapshot(part / "frames") == _snapshot(tmp_path / "full" / "frames")
+    assert _snapshot(part / "masks") == _snapshot(tmp_path / "full" / "masks")
+
+
+def test_temporary_files_are_hidden_from_globs(tmp_path):
+    from inverse_painting.core.export import save_png
+
+    def failing(p):
+        raise OSError("disk full")
+
+    from inverse_painting.core import export
+
+    with pytest.raises(OSError):
+        export._atomic(tmp_path / "0003_1m00s.png", failing)
+    save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "0001_0m20s.png")
+    assert [p.name for p in tmp_path.glob("*.png")] == ["0001_0m20s.png"] and not list(tmp_path.glob(".*"))
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+
+def _generated_run(folder: Path, frames: int = 3) -> Path:
+    from inverse_painting.core.export import write_process
+
+    imgs = [np.full((64, 64, 3), 255 - 60 * k, np.uint8) for k in range(frames)]
+    write_process(folder, imgs, [{"time_s": 20.0 * k, "instruction": ""} for k in range(frames)], {},
+                  masks=[np.full((64, 64), 255, np.uint8)] * frames, video=())
+    return folder
+
+
+def test_evaluate_reads_only_inside_the_given_folders(tmp_path, capsys):
+    gen = _generated_run(tmp_path / "gen" / "p")
+    real = _generated_run(tmp_path / "real" / "p")
+    man = json.loads((gen / "manifest.json").read_text())
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), "black").save(secret)
+    man["keyframes"][1]["file"] = "../../secret.png"
+    (gen / "manifest.json").write_text(json.dumps(man))
+    rc, _, err = _run(["evaluate", str(gen), str(real), "--out", str(tmp_path / "ev"), "--no-plots"], capsys)
+    assert rc == 2 and "outside the painting folder" in err and "Traceback" not in err
+    man["keyframes"][1]["file"] = str(secret)  # absolute
+    (gen / "manifest.json").write_text(json.dumps(man))
+    rc, _, err = _run(["evaluate", str(gen), str(real), "--out", str(tmp_path / "ev"), "--no-plots"], capsys)
+    assert rc == 2 and "outside the painting folder" in err
+
+
+def test_evaluate_reads_a_run_without_manifest_as_one_painting(tmp_path):
+    from inverse_painting.evaluation.sequences import load_sequences
+
+    gen = _generated_run(tmp_path / "p", frames=4)
+    (gen / "manifest.json").unlink()
+    seqs = load_sequences(gen)
+    assert list(seqs) == ["p"] and len(seqs["p"]) == 4 and seqs["p"].masks is not None
+
+
+def test_evaluate_keeps_an_earlier_evaluation(tmp_path, capsys):
+    gen, real = _generated_run(tmp_path / "gen" / "p"), _generated_run(tmp_path / "real" / "p")
+    ev = tmp_path / "ev"
+    argv = ["evaluate", str(gen), str(real), "--out", str(ev), "--no-plots"]
+    assert _run(argv, capsys)[0] == 0
+    before = _snapshot(ev)
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and "--overwrite" in err and _snapshot(ev) == before
+    assert _run(argv + ["--overwrite"], capsys)[0] == 0
+
+
+def test_convert_keeps_an_existing_safetensors(tiny_release, tmp_path, capsys):
+    rel = tmp_path / "rel"
+    shutil.copytree(tiny_release, rel)
+    assert _run(["convert", str(rel)], capsys)[0] == 0
+    st = next((rel / "RP").glob("*.safetensors"))
+    before = st.read_bytes()
+    st.write_bytes(before + b"")  # same bytes
+    rc, out, _ = _run(["convert", str(rel)], capsys)
+    assert rc == 0 and "kept" in out and st.read_bytes() == before
