@@ -87,8 +87,9 @@ def _compare_to_run(run_settings: dict, now: dict, out: Path) -> None:
 
 def cmd_paint(args) -> int:
     import numpy as np
+    import torch
 
-    from .core.errors import OptionError
+    from .core.errors import OptionError, OutputFolderError
     from .core.export import MANIFEST, ProcessWriter, prepare_output
     from .core.guidance import GuidanceScales
     from .core.imaging import load_image, prepare_image
@@ -119,6 +120,7 @@ def cmd_paint(args) -> int:
     pixels, note = load_image(image_path)
     working = prepare_image(pixels, settings.short_side, name=str(image_path))
     metric_name = resolve_metric_name(args.metric, paths.lpips)
+    metric = load_perceptual_metric(metric_name, weights_dir=paths.lpips, device=device)  # small; names what's missing
     run_settings = dict(settings.to_dict(), metric=metric_name, models=str(models_dir.resolve()),
                         target_sha256=_working_sha256(working), dtype=args.dtype,
                         official_fp16_time=bool(args.official_fp16_time),
@@ -133,19 +135,21 @@ def cmd_paint(args) -> int:
             return 0
         resume_state = LoopState.from_saved(tensors, info) if tensors is not None else None
     else:  # checked now; an earlier run's files are only removed (--overwrite) once the painting starts
+        if args.resume and out.is_dir() and any(out.iterdir()):
+            raise OutputFolderError(f"--resume: {out} holds no run of this tool (no {MANIFEST}); nothing there is "
+                                    "touched: give the folder of the run to continue")
         prepare_output(out, "resume" if args.overwrite or args.resume else "new", "--out")
+    if torch.device(device).type == "cpu" and args.dtype != "fp32":
+        print(f"note: {args.dtype} on the CPU is very slow (25-50x fp32 measured here); fp32 is the CPU's precision")
     for line in (note, working.note):
         if line:
             print(f"input: {line}")
-
-    import torch
 
     from .core.loading import quiet_loaders
 
     quiet_loaders(progress_bars=False)
     models = ModelSet.from_release(models_dir, device=device, dtype=_parse_dtype(args.dtype),
                                    time_dtype=torch.float16 if args.official_fp16_time else None)
-    metric = load_perceptual_metric(metric_name, weights_dir=paths.lpips, device=device)
     text = (ManualInstructions(instructions) if instructions is not None
             else TextInstructionGenerator.from_pretrained(paths.text_model, device=device))
     painter = Painter(models, metric)
@@ -243,34 +247,19 @@ def cmd_train(argv) -> int:
     return train_main(argv)
 
 
-def _ranged(kind: str, low=None, high=None, low_open: bool = False):
-    """argparse type: a finite float or a whole number in range (NaN, inf, 2**64, -30 refused by name)."""
-    def parse(text: str):
-        from .core.errors import OptionError, finite_number, whole_number
-
-        try:
-            if kind == "int":
-                return whole_number(text, "value", low, high)
-            return finite_number(text, "value", low, high, low_open)
-        except OptionError as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace("value must", "must", 1)) from None
-
-    parse.__name__ = kind
-    return parse
-
-
 def _short_side(text: str) -> int:
+    from .core.errors import number_argument
     from .core.imaging import MAX_SHORT_SIDE, MIN_SIDE
 
-    n = _ranged("int", MIN_SIDE, MAX_SHORT_SIDE)(text)
+    n = number_argument("int", MIN_SIDE, MAX_SHORT_SIDE)(text)
     if n % 8:
         raise argparse.ArgumentTypeError(f"must be a multiple of 8 from {MIN_SIDE} to {MAX_SHORT_SIDE}, got {text!r}")
     return n
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.errors import CommandLineParser
-    from .core.loop import MAX_INTERVAL_S, MAX_KEYFRAMES, MAX_STEPS
+    from .core.errors import CommandLineParser, number_argument
+    from .core.loop import MAX_GUIDANCE, MAX_INTERVAL_S, MAX_KEYFRAMES, MAX_STEPS
 
     p = CommandLineParser(prog="inverse-painting", description=__doc__.split("\n")[0],
                           epilog="--debug (anywhere) prints the traceback of an error")
@@ -288,12 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "options: the same frames as a run never interrupted)")
     paint.add_argument("--instructions", help="manual instructions, '|' or newline separated (one per keyframe; "
                                               "the last repeats); default: the folder's LLaVA text model")
-    paint.add_argument("--interval", type=_ranged("float", 0, MAX_INTERVAL_S, low_open=True), default=20.0,
+    paint.add_argument("--interval", type=number_argument("float", 0, MAX_INTERVAL_S, low_open=True), default=20.0,
                        help="seconds of painting per keyframe")
-    paint.add_argument("--max-keyframes", type=_ranged("int", 1, MAX_KEYFRAMES), default=50)
-    paint.add_argument("--steps", type=_ranged("int", 1, MAX_STEPS), default=25, help="denoising steps per keyframe")
-    paint.add_argument("--seed", type=_ranged("int", 0, 2**64 - 1), default=1)
-    paint.add_argument("--guidance", type=_ranged("float"), nargs=5, default=[2.0, 1.0, 5.0, 5.0, 5.0],
+    paint.add_argument("--max-keyframes", type=number_argument("int", 1, MAX_KEYFRAMES), default=50)
+    paint.add_argument("--steps", type=number_argument("int", 1, MAX_STEPS), default=25, help="denoising steps per keyframe")
+    paint.add_argument("--seed", type=number_argument("int", 0, 2**64 - 1), default=1)
+    paint.add_argument("--guidance", type=number_argument("float", -MAX_GUIDANCE, MAX_GUIDANCE), nargs=5, default=[2.0, 1.0, 5.0, 5.0, 5.0],
                        metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"))
     paint.add_argument("--short-side", type=_short_side, default=None,
                        help="resize the input to this short side first (default: the model's training size: "
@@ -305,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="difference masks and the stop rule measure against the target, or against the "
                             "target through the model's VAE (auto: what the model folder asks for; a starter "
                             "asks for reconstruction)")
-    paint.add_argument("--denoise", type=_ranged("float", 0, 1, low_open=True), default=None,
+    paint.add_argument("--denoise", type=number_argument("float", 0, 1, low_open=True), default=None,
                        help="< 1: start each keyframe from the canvas noised this far instead of pure noise "
                             "(default: the model folder's choice; 1.0 = the release)")
     paint.add_argument("--start-from", default=None, choices=["canvas", "target_in_mask"],
@@ -318,14 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="paint the difference mask when the mask generator finds (almost) nothing while the "
                             "canvas still differs from the target (default: the model folder's choice; off in "
                             "the release, whose loop then stops with those areas unpainted)")
-    paint.add_argument("--reask", type=_ranged("int", 0, MAX_KEYFRAMES), default=None,
+    paint.add_argument("--reask", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="when the text model names a region the mask generator finds finished for the second "
                             "time, try up to this many of its next answers (default: the model folder's choice; "
                             "0 = the release)")
-    paint.add_argument("--stop-stalled", type=_ranged("int", 0, MAX_KEYFRAMES), default=None,
+    paint.add_argument("--stop-stalled", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="also stop when the last N keyframes got no closer to the target than the best one "
                             "before them (default: the model folder's choice; 0 = the release)")
-    paint.add_argument("--finish-frames", type=_ranged("int", 0, MAX_KEYFRAMES), default=None,
+    paint.add_argument("--finish-frames", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="after the stop, N keyframes cross-fading to the painting itself, so the time-lapse "
                             "ends on it (default: the model folder's choice; 0 = the release)")
     paint.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
@@ -343,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=cmd_convert)
     tiny = sub.add_parser("tiny-release", help="write a tiny random release in the real formats")
     tiny.add_argument("out", help="a new or empty folder")
-    tiny.add_argument("--seed", type=_ranged("int", 0, 2**63 - 1), default=0)
+    tiny.add_argument("--seed", type=number_argument("int", 0, 2**63 - 1), default=0)
     tiny.set_defaults(func=cmd_tiny_release)
     sub.add_parser("evaluate", help="the paper's metrics: evaluate GENERATED REAL [options]", add_help=False)
     sub.add_parser("train", help="training kit: synth, ingest, ground-truth, train-*, assemble", add_help=False)

@@ -23,6 +23,10 @@ class OptionError(UserInputError):
     """An option or node setting out of its range."""
 
 
+class MissingPathError(UserInputError, FileNotFoundError):
+    """A file or folder the user named that does not exist (or is not of the kind expected)."""
+
+
 class OutputFolderError(UserInputError):
     """An output location that cannot be written, or holds a run that must not be overwritten."""
 
@@ -76,6 +80,21 @@ def whole_number(value, name: str, low: int | None = None, high: int | None = No
             f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
         raise OptionError(f"{name} must be a whole number{rng}, got {value!r}")
     return n
+
+
+def number_argument(kind: str, low=None, high=None, low_open: bool = False):
+    """argparse type: a finite float (``kind`` "float") or a whole number ("int") in range; NaN, inf, 2**64 or
+    -30 where they make no sense are refused with the flag's name (argparse adds it)."""
+    def parse(text: str):
+        try:
+            if kind == "int":
+                return whole_number(text, "value", low, high)
+            return finite_number(text, "value", low, high, low_open)
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("value must", "must", 1)) from None
+
+    parse.__name__ = kind
+    return parse
 
 
 class CommandLineParser(argparse.ArgumentParser):

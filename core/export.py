@@ -27,6 +27,7 @@ from .errors import OutputFolderError
 PROVENANCE = "AI reconstruction of a possible painting process (Inverse Painting); not a recording"
 MANIFEST = "manifest.json"
 STATE_FILE = ".resume_state.safetensors"  # the loop's state after the last keyframe (core.loop.LoopState)
+LOCK_FILE = ".writing.lock"  # held (flock) by the one writer of a run folder while it writes
 VIDEOS = {"webp": "timelapse.webp", "mp4": "timelapse.mp4"}
 FRAME_NAME = re.compile(r"^\d{4,}_\d+m\d{2}s\.png$")
 
@@ -54,7 +55,7 @@ def write_json(path: Path, data) -> Path:
 
 def _own_files(out: Path) -> list[Path]:
     """This tool's files of a run in ``out``: manifest, videos, resume state, frames and masks by their names."""
-    files = [out / n for n in (MANIFEST, STATE_FILE, *VIDEOS.values())]
+    files = [out / n for n in (MANIFEST, STATE_FILE, LOCK_FILE, *VIDEOS.values())]
     for sub in ("frames", "masks"):
         if (out / sub).is_dir():
             files += [p for p in (out / sub).iterdir() if FRAME_NAME.match(p.name) or p.name.endswith(".partial")]
@@ -95,6 +96,22 @@ def prepare_output(out, mode: str = "new", what: str = "output folder", hint: st
         for p in _own_files(out):
             p.unlink()
     return out
+
+
+def _lock(out: Path):
+    """An exclusive lock on the run folder ``out`` for this writer (released when it closes or the process ends),
+    or :class:`OutputFolderError` when another process writes there; None where flock does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return None
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise OutputFolderError(f"{out}: another run is writing to this folder right now") from None
+    return handle
 
 
 def save_png(image: np.ndarray, path: Path, text: dict | None = None) -> Path:
@@ -165,12 +182,32 @@ class ProcessWriter:
         unknown = set(video) - set(VIDEOS)
         if unknown:
             raise ValueError(f"unknown video formats {sorted(unknown)}; known: {sorted(VIDEOS)}")
-        self.out = prepare_output(out, mode)
+        self.out = prepare_output(out, "new" if mode == "new" else "resume")
         self.settings, self.extra = settings, dict(extra or {})
         self.video, self.seconds_per_frame = tuple(video), float(seconds_per_frame)
         self.frames: list[np.ndarray] = []
         self.entries: list[dict] = []
         self.status = "painting"
+        self._clear_first = mode == "overwrite"  # done under the lock, at the first write
+        self._lock = None
+
+    def _begin(self) -> None:
+        """Before the first write: take the folder's lock, then (overwrite) remove the earlier run's files."""
+        if self._lock is not None:
+            return
+        self._lock = _lock(self.out) or True
+        if self._clear_first:
+            for p in _own_files(self.out):
+                if p.name != LOCK_FILE:
+                    p.unlink()
+            self._clear_first = False
+
+    def close(self) -> None:
+        """Release the folder (the lock file goes with it)."""
+        if self._lock not in (None, True):
+            (self.out / LOCK_FILE).unlink(missing_ok=True)
+            self._lock.close()
+        self._lock = None
 
     @property
     def count(self) -> int:
@@ -187,6 +224,7 @@ class ProcessWriter:
 
     def add(self, frame: np.ndarray, record: dict, mask: np.ndarray | None = None) -> dict:
         """Write frame ``self.count`` (``record`` must hold ``time_s``) and its mask, then the manifest."""
+        self._begin()
         k = self.count
         name = frame_name(k, record["time_s"])
         save_png(frame, self.out / "frames" / name,
@@ -204,18 +242,23 @@ class ProcessWriter:
         """The loop's state after the frames written so far (tensors + JSON-able info), for ``resume``."""
         from safetensors.torch import save_file
 
+        self._begin()
         meta = {"info": json.dumps(dict(info, frames=self.count))}
         _atomic(self.out / STATE_FILE, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p),
                                                            metadata=meta))
 
     def stop(self, reason: str) -> dict:
         """Mark the run as ended before its end (an interruption, an error); the frames so far stay valid."""
+        self._begin()
         self.status = "interrupted"
         self.extra["stop_reason"] = reason
-        return self._write_manifest()
+        data = self._write_manifest()
+        self.close()
+        return data
 
     def finish(self, extra: dict | None = None) -> dict:
         """Write the videos and the complete manifest; the resume state is removed."""
+        self._begin()
         self.extra.update(extra or {})
         if self.frames:
             if "webp" in self.video:
@@ -227,6 +270,7 @@ class ProcessWriter:
         self.status = "complete"
         data = self._write_manifest()
         (self.out / STATE_FILE).unlink(missing_ok=True)
+        self.close()
         return data
 
     @classmethod
@@ -265,6 +309,7 @@ class ProcessWriter:
         writer.video, writer.seconds_per_frame = tuple(video), float(seconds_per_frame)
         writer.entries, writer.frames = [], []
         writer.status = data.get("status", "painting")
+        writer._clear_first, writer._lock = False, None
         for entry in data["keyframes"][:keep]:
             rel = Path(str(entry.get("file", "")))
             path = (out / rel).resolve()
@@ -278,6 +323,7 @@ class ProcessWriter:
     def drop_unkept(self) -> None:
         """Before a resumed run goes on: remove what an interruption left beyond the saved state (frames painted
         again, writes cut short by a kill), so that nothing of the interrupted attempt mixes with the new frames."""
+        self._begin()
         for leftover in [*self.out.glob(".*.partial"), *self.out.glob("*/.*.partial")]:
             leftover.unlink()
         kept = {e.get(k) for e in self.entries for k in ("file", "mask_file")}

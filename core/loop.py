@@ -45,6 +45,7 @@ STALL_MIN_KEYFRAMES = 8
 MAX_INTERVAL_S = 3600.0  # option ranges: wide enough for any use, narrow enough to refuse typos and overflows
 MAX_KEYFRAMES = 10000
 MAX_STEPS = 1000
+MAX_GUIDANCE = 100.0  # far past any useful scale; larger ones overflow to NaN in the first step
 FINISH_INSTRUCTION = "(finish)"  # the instruction of the finishing keyframes (``finish_frames``)
 
 
@@ -118,7 +119,7 @@ class PaintSettings:
                 raise OptionError(f"guidance needs 5 scales (image, canvas, time, mask, text), got {len(self.scales)}")
             self.scales = GuidanceScales(*self.scales)
         for name in ("image", "canvas", "time", "mask", "text"):
-            finite_number(getattr(self.scales, name), f"guidance scale '{name}'")
+            finite_number(getattr(self.scales, name), f"guidance scale '{name}'", -MAX_GUIDANCE, MAX_GUIDANCE)
         self.difference_threshold = finite_number(self.difference_threshold, "difference_threshold", 0)
         self.combine_ratio = finite_number(self.combine_ratio, "combine_ratio", 0, 1)
         self.stop_target_distance = finite_number(self.stop_target_distance, "stop_target_distance", 0)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..core.difference_mask import DIFFERENCE_THRESHOLD
+from ..core.errors import number_argument
 from ..models.lpips_net import PERCEPTUAL_METRICS
 from .metrics import DEFAULT_METRIC
 
@@ -33,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "ImageNet AlexNet file in --lpips-weights)")
     p.add_argument("--lpips-weights", default=None,
                    help="folder with alexnet_features.pth / alexnet-owt-7be5be79.pth (+ optional alex.pth heads)")
-    p.add_argument("--threshold", type=float, default=DIFFERENCE_THRESHOLD, help="difference-mask threshold (0.2)")
-    p.add_argument("--short-side", type=int, default=None,
+    p.add_argument("--threshold", type=number_argument("float", 0, 2), default=DIFFERENCE_THRESHOLD,
+                   help="difference-mask threshold (0.2)")
+    p.add_argument("--short-side", type=number_argument("int", 8, 4096), default=None,
                    help="evaluate at this short side (frames larger than that are downscaled; default: real size)")
     p.add_argument("--fid", choices=FID_CHOICES, default="auto",
                    help="FID features: inception (needs --inception-weights), trunk (offline proxy from the "

@@ -16,6 +16,7 @@ at the blank canvas, t = 0), plus optional per-frame instructions and masks. Two
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +55,15 @@ class PaintingSequence:
             raise SequenceError(f"{self.name}: {len(self.frames)} frames but {len(self.times_s)} time stamps")
         if len(self.frames) == 0:
             raise SequenceError(f"{self.name}: no frames")
-        if any(b < a for a, b in zip(self.times_s, self.times_s[1:])):
+        try:
+            times = [float(t) for t in self.times_s]
+        except (TypeError, ValueError):
+            raise SequenceError(f"{self.name}: time stamps must be numbers of seconds: {self.times_s}") from None
+        if not all(math.isfinite(t) and t >= 0 for t in times):
+            raise SequenceError(f"{self.name}: time stamps must be finite seconds >= 0: {self.times_s}")
+        if any(b < a for a, b in zip(times, times[1:])):
             raise SequenceError(f"{self.name}: time stamps are not in order: {self.times_s}")
-        self.times_s = [float(t) for t in self.times_s]
+        self.times_s = times
 
     def __len__(self):
         return len(self.frames)
@@ -106,6 +113,13 @@ def read_image(path) -> np.ndarray:
         raise SequenceError(str(exc)) from None
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SequenceError(f"{path}: cannot read it as JSON ({exc})") from None
+
+
 def _inside(folder: Path, name, what: str) -> Path:
     """``folder / name`` for a manifest entry, refused when it points outside ``folder`` (absolute, '..', links)."""
     rel = Path(str(name))
@@ -147,7 +161,9 @@ def read_raw_layout(folder) -> list[PaintingSequence]:
     js = folder / RAW_JSON
     seqs = []
     if js.is_file():
-        table = json.loads(js.read_text())
+        table = _read_json(js)
+        if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+            raise SequenceError(f"{js}: expected {{target frame: [earlier frames]}}")
         for target, earlier in table.items():
             names = list(earlier) + [target]
             paths = [_find_frame(folder, n) for n in names]
@@ -159,7 +175,9 @@ def read_raw_layout(folder) -> list[PaintingSequence]:
                 times.append(parsed[1])
             name = folder.name if len(table) == 1 else f"{folder.name}/{Path(target).stem}"
             # labels.json (written by training.synthetic): {frame name: label of the step producing it}
-            labels = json.loads((folder / LABELS_JSON).read_text()) if (folder / LABELS_JSON).is_file() else {}
+            labels = _read_json(folder / LABELS_JSON) if (folder / LABELS_JSON).is_file() else {}
+            if not isinstance(labels, dict):
+                raise SequenceError(f"{folder / LABELS_JSON}: expected {{frame name: label}}")
             instr = [labels.get(Path(n).stem if Path(n).suffix.lower() in IMAGE_EXTS else n) for n in names]
             seqs.append(PaintingSequence(name, [read_image(p) for p in paths], times,
                                          instr if any(instr) else None, source=str(folder),
@@ -218,8 +236,12 @@ def read_manifest_folder(folder) -> PaintingSequence:
         path = _inside(folder, f, "frame")
         if not path.is_file():
             raise SequenceError(f"{folder / MANIFEST}: frame {f!r} not found")
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise SequenceError(f"{folder / MANIFEST}: time stamps must be numbers of seconds, {f} has {t!r}") from None
         frames.append(read_image(path))
-        times.append(float(t))
+        times.append(t)
         instr.append(_get(e, "instruction", "prompt", "text"))
         m = _get(e, "mask", "mask_file")
         mpath = _inside(folder, m, "mask") if isinstance(m, str) else None

@@ -132,8 +132,10 @@ def resolve_model_path(name: str) -> Path:
         cand = root / name
         if cand.is_dir():
             return cand
+    from ..core.errors import MissingPathError
+
     searched = ", ".join(str(r) for r in model_roots()) or "(no model folder registered)"
-    raise FileNotFoundError(f"model folder {name!r} not found in {searched}. Put the release under "
+    raise MissingPathError(f"model folder {name!r} not found in {searched}. Put the release under "
                             f"ComfyUI/models/{MODEL_FOLDER}/<name>/ (see the README).")
 
 

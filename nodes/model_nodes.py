@@ -197,7 +197,9 @@ class InversePaintingTextModel:
                  max_new_tokens: int = 512, stop_at_separator: bool = True):
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
-            raise FileNotFoundError(f"{self.path} has no config.json: not a LLaVA folder (TP_llava or llava-hf)")
+            from ..core.errors import MissingPathError
+
+            raise MissingPathError(f"{self.path} has no config.json: not a LLaVA folder (TP_llava or llava-hf)")
         self.device = cb.resolve_device(device)
         self.dtype = cb.resolve_dtype(precision, self.device)
         self.vision_tower_path = vision_tower_path.strip() or None

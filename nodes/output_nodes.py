@@ -110,12 +110,16 @@ class InversePaintingSaveProcess:
         interval = finite_input(interval, "interval", 0, 3600)
         imgs = images_to_uint8(frames, "frames")
         n = len(imgs)
+        if n == 0:
+            raise NodeInputError("frames: the batch is empty, nothing to save")
         tl = None
         if timeline:
             try:
                 tl = json.loads(timeline)
             except ValueError as exc:
                 raise NodeInputError(f"timeline is not valid JSON: {exc}") from exc
+            if not isinstance(tl, dict):
+                raise NodeInputError("timeline: expected the Time-lapse node's JSON object")
         records, settings = _records(n, instructions, tl, float(interval))
         mask_list = None
         if masks is not None and save_masks:

@@ -302,7 +302,11 @@ class InversePaintingRenderKeyframe:
         prev = None
         latent_shape = (1, tstate.latents.shape[1], *working.latent_hw)
         if previous_latent is not None:
-            prev = previous_latent["samples"] if isinstance(previous_latent, dict) else previous_latent
+            prev = previous_latent.get("samples") if isinstance(previous_latent, dict) else previous_latent
+            if not isinstance(prev, torch.Tensor) or prev.ndim != 4:
+                raise NodeInputError("previous_latent: expected a LATENT from the previous Render Keyframe")
+            if not bool(torch.isfinite(prev).all()):
+                raise NodeInputError("previous_latent holds NaN or Inf values")
             if tuple(prev.shape[-3:]) != latent_shape[1:]:
                 raise NodeInputError(f"previous_latent has shape {tuple(prev.shape)}, but this canvas needs "
                                      f"{latent_shape} (same target and working size as the previous step)")

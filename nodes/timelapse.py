@@ -16,7 +16,7 @@ import torch
 
 from ..models.text_instruction import parse_instruction_list
 from . import comfy_bridge as cb
-from .convert import image_to_uint8, mask_to_batch, uint8_to_image
+from .convert import NodeInputError, image_to_uint8, mask_to_batch, uint8_to_image
 from .model_nodes import CATEGORY, MODEL_TYPE, TEXT_MODEL_TYPE
 from .step_nodes import (IMAGE_TARGET, SEED_INPUT, STEPS_INPUT, guidance_inputs, interval_input, make_sampling,
                          scales_from)
@@ -40,7 +40,7 @@ class PlannedInstructions:
         self.text_model = text_model
         self.sources: list[str] = []
         if not [s for s in items if s not in FILL_IN] and text_model is None:
-            raise ValueError("no instructions: connect a text model (Load Inverse Painting Text Model) or write "
+            raise NodeInputError("no instructions: connect a text model (Load Inverse Painting Text Model) or write "
                              "an instruction list (one per line, e.g. 'sky', 'mountains', 'trees')")
 
     def generate(self, canvas, target, keyframe_index: int = 0, **_unused) -> str:

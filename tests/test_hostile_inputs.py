@@ -181,6 +181,10 @@ CLI_CASES = [
     ("device cuda without CUDA", lambda f, t, o: _paint(f, "--out", o, "--device", "cuda"), None, 2,
      ["--device cuda"]),
     ("dtype fp8", lambda f, t, o: _paint(f, "--out", o, "--dtype", "fp8"), None, 2, ["--dtype"]),
+    ("guidance 1e308", lambda f, t, o: _paint(f, "--out", o, "--guidance", "1e308", "1", "5", "5", "5"), None, 2,
+     ["--guidance", "<= 100"]),
+    ("lpips_alex without AlexNet", lambda f, t, o: [P, str(f["painting"]), "--models", str(STARTER), "--metric",
+                                                   "lpips_alex", "--out", o, *FAST], None, 2, ["alexnet"]),
     # model folders
     ("models missing", lambda f, t, o: _paint(f, "--out", o, release=t / "no_models"), None, 2,
      ["no_models", "not found"]),
@@ -221,6 +225,9 @@ CLI_CASES = [
     ("out holds an earlier run", lambda f, t, o: _paint(f, "--out", o), None, 2, ["not empty", "--overwrite"]),
     ("out under /proc", lambda f, t, o: _paint(f, "--out", "/proc/inverse_painting_out"), None, 2,
      ["/proc/inverse_painting_out", "cannot be created"]),
+    ("out under a file", lambda f, t, o: _paint(f, "--out", str(f["a_file"] / "run")), None, 2, ["cannot be created"]),
+    ("resume a folder that is no run", lambda f, t, o: _paint(f, "--out", str(t / "photos"), "--resume"),
+     lambda f, t: (t / "photos").mkdir() or (t / "photos" / "cat.jpg").write_text("x"), 2, ["no run", "manifest"]),
     ("resume another tool's run", lambda f, t, o: _paint(f, "--out", o, "--resume", "--seed", "9"),
      None, 2, ["--resume", "other settings"]),
     # other commands
@@ -232,6 +239,14 @@ CLI_CASES = [
     ("evaluate missing folder", lambda f, t, o: ["evaluate", str(t / "nothing"), str(f["empty"])], None, 2,
      ["nothing", "not a folder"]),
     ("evaluate unknown option", lambda f, t, o: ["evaluate", o, o, "--bogus"], None, 2, ["--bogus"]),
+    ("evaluate threshold nan", lambda f, t, o: ["evaluate", o, o, "--threshold", "nan"], None, 2, ["--threshold"]),
+    ("evaluate garbage raw layout", lambda f, t, o: ["evaluate", str(t / "raw"), str(t / "raw"), "--out",
+                                                    str(t / "ev")],
+     lambda f, t: (t / "raw").mkdir() or (t / "raw" / "last_aligned_frame_inv.json").write_text("{oops"), 2,
+     ["last_aligned_frame_inv.json", "JSON"]),
+    ("evaluate time stamps not numbers", lambda f, t, o: ["evaluate", str(t / "g"), str(t / "g"), "--out",
+                                                          str(t / "ev")],
+     lambda f, t: _generated_run(t / "g") and _rewrite_times(t / "g", ["0", "soon", "40"]), 2, ["time stamps"]),
 ]
 
 
@@ -565,6 +580,19 @@ def test_killed_run_resumes_to_the_frames_of_an_uninterrupted_one(tmp_path):
     assert _snapshot(part / "masks") == _snapshot(tmp_path / "full" / "masks")
 
 
+def test_one_writer_per_run_folder(tmp_path):
+    from inverse_painting.core.errors import OutputFolderError
+    from inverse_painting.core.export import ProcessWriter
+
+    first = ProcessWriter(tmp_path / "o", {}, video=())
+    second = ProcessWriter(tmp_path / "o", {}, video=())  # both found the folder empty...
+    first.add(np.zeros((8, 8, 3), np.uint8), {"time_s": 0.0})
+    with pytest.raises(OutputFolderError, match="another run is writing"):  # ...only one may write
+        second.add(np.zeros((8, 8, 3), np.uint8), {"time_s": 0.0})
+    first.finish()
+    assert not (tmp_path / "o" / ".writing.lock").exists()
+
+
 def test_temporary_files_are_hidden_from_globs(tmp_path):
     from inverse_painting.core.export import save_png
 
@@ -589,6 +617,14 @@ def _generated_run(folder: Path, frames: int = 3) -> Path:
     write_process(folder, imgs, [{"time_s": 20.0 * k, "instruction": ""} for k in range(frames)], {},
                   masks=[np.full((64, 64), 255, np.uint8)] * frames, video=())
     return folder
+
+
+def _rewrite_times(folder: Path, times) -> bool:
+    man = json.loads((folder / "manifest.json").read_text())
+    for entry, t in zip(man["keyframes"], times):
+        entry["time_s"] = t
+    (folder / "manifest.json").write_text(json.dumps(man))
+    return True
 
 
 def test_evaluate_reads_only_inside_the_given_folders(tmp_path, capsys):
