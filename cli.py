@@ -67,123 +67,256 @@ def check_device(name: str | None) -> str:
     return str(dev)
 
 
-def _working_sha256(working) -> str:
-    import hashlib
+class _PaintContext:
+    """What every painting of one command shares: checked options, model folder, metric; models loaded once."""
 
-    return hashlib.sha256(working.padded.tobytes() + str(working.padded.shape).encode()).hexdigest()
+    def __init__(self, args, device: str | None = None):
+        from .core.errors import OptionError
+        from .core.guidance import GuidanceScales
+        from .core.loading import inspect_release
+        from .core.loop import PaintSettings
+        from .models.lpips_net import load_perceptual_metric, resolve_metric_name
+        from .models.text_instruction import parse_instruction_list
+
+        self.args = args
+        self.models_dir = Path(args.models) if args.models else _default_models()
+        self.paths = inspect_release(self.models_dir)
+        self.settings = PaintSettings.for_model(
+            self.models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps,
+            seed=args.seed, short_side=args.short_side, fast_guidance=not args.six_branch,
+            scales=GuidanceScales(*args.guidance), compare_to=None if args.compare_to == "auto" else args.compare_to,
+            denoise=args.denoise, start_from=args.start_from, keep_unmasked=args.keep_unmasked,
+            difference_fallback=args.difference_fallback, reask=args.reask, stop_stalled=args.stop_stalled,
+            finish_frames=args.finish_frames)
+        self.device = check_device(args.device or device)
+        self.instructions = None
+        if args.instructions is not None:
+            self.instructions = parse_instruction_list(args.instructions)
+            if not self.instructions:
+                raise OptionError("--instructions holds no instruction (give words separated by '|' or new lines)")
+        elif self.paths.text_model is None:
+            raise OptionError(f"{self.models_dir} has no text-instruction model (TP_llava/): pass --instructions")
+        self.metric_name = resolve_metric_name(args.metric, self.paths.lpips)
+        # small, and loading it names a missing AlexNet file before anything is written
+        self.metric = load_perceptual_metric(self.metric_name, weights_dir=self.paths.lpips, device=self.device)
+        self.mode = "overwrite" if args.overwrite else ("resume" if args.resume else "new")
+        self._loaded = None
+
+    def settings_for(self, working=None, image=None) -> dict:
+        """The settings a run folder records (and a resumed run must match)."""
+        from .core.painting_run import working_sha256
+
+        rec = dict(self.settings.to_dict(), metric=self.metric_name, models=str(self.models_dir.resolve()),
+                   dtype=self.args.dtype, official_fp16_time=bool(self.args.official_fp16_time),
+                   instructions=self.instructions)
+        if working is not None:
+            rec.update(target_sha256=working_sha256(working), image=str(image))
+        return rec
+
+    def prepare(self, image_path: Path):
+        from .core.imaging import load_image, prepare_image
+
+        pixels, note = load_image(image_path)
+        return prepare_image(pixels, self.settings.short_side, name=str(image_path)), note
+
+    def painter(self):
+        """(painter, instructions), loaded on first use."""
+        if self._loaded is None:
+            import torch
+
+            from .core.loading import quiet_loaders
+            from .core.loop import Painter
+            from .core.model_set import ModelSet
+            from .models.text_instruction import ManualInstructions, TextInstructionGenerator
+
+            if torch.device(self.device).type == "cpu" and self.args.dtype != "fp32":
+                print(f"note: {self.args.dtype} on the CPU is very slow (25-50x fp32 measured here); fp32 is the "
+                      "CPU's precision")
+            quiet_loaders(progress_bars=False)
+            models = ModelSet.from_release(self.models_dir, device=self.device, dtype=_parse_dtype(self.args.dtype),
+                                           time_dtype=torch.float16 if self.args.official_fp16_time else None)
+            text = (ManualInstructions(self.instructions) if self.instructions is not None
+                    else TextInstructionGenerator.from_pretrained(self.paths.text_model, device=self.device))
+            self._loaded = (Painter(models, self.metric), text)
+        return self._loaded
 
 
-def _compare_to_run(run_settings: dict, now: dict, out: Path) -> None:
-    """Refuse to resume a run with settings other than its own (the frames would mix two runs)."""
-    from .core.errors import OptionError
-
-    differ = [k for k in sorted(set(run_settings) | set(now)) if k not in ("image",)
-              and run_settings.get(k) != now.get(k)]
-    if differ:
-        shown = "; ".join(f"{k}: {run_settings.get(k)!r} in the run, {now.get(k)!r} now" for k in differ[:4])
-        raise OptionError(f"--resume: the run in {out} was painted with other settings ({shown}); resume it with "
-                          "the same image, model folder and options")
+def _keyframe_line(kf, seconds: float) -> str:
+    return (f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
+            f"LPIPS to target {kf.lpips_to_target:.4f}  ({seconds:.1f}s)")
 
 
 def cmd_paint(args) -> int:
-    import numpy as np
+    from .core.folder_run import expand_inputs
+
+    # everything a user gives is checked before any model loads: model folder, options, images, output folder
+    images, folder_mode = expand_inputs(args.images or [str(EXAMPLE_IMAGE)])
+    if not folder_mode:
+        return _paint_single(_PaintContext(args), images[0])
     import torch
+    from accelerate import PartialState
 
-    from .core.errors import OptionError, OutputFolderError
-    from .core.export import MANIFEST, ProcessWriter, prepare_output
-    from .core.guidance import GuidanceScales
-    from .core.imaging import load_image, prepare_image
-    from .core.loading import inspect_release
-    from .core.loop import LoopState, Painter, PaintSettings
-    from .core.model_set import ModelSet
-    from .models.lpips_net import load_perceptual_metric, resolve_metric_name
-    from .models.text_instruction import ManualInstructions, TextInstructionGenerator, parse_instruction_list
+    # one process, or one of those `accelerate launch` / `torchrun` started (gloo between CPU processes)
+    state = PartialState(cpu=str(args.device or "").startswith("cpu") or not torch.cuda.is_available())
+    # several processes: one device each (accelerate's choice: cuda:LOCAL_RANK, or the CPU)
+    return _paint_folder(_PaintContext(args, str(state.device) if state.num_processes > 1 else None), images, state)
 
-    # everything a user gives is checked before any model loads: model folder, options, image, output folder
-    models_dir = Path(args.models) if args.models else _default_models()
-    paths = inspect_release(models_dir)
-    settings = PaintSettings.for_model(
-        models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps, seed=args.seed,
-        short_side=args.short_side, fast_guidance=not args.six_branch, scales=GuidanceScales(*args.guidance),
-        compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise,
-        start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback,
-        reask=args.reask, stop_stalled=args.stop_stalled, finish_frames=args.finish_frames)
-    device = check_device(args.device)
-    instructions = None
-    if args.instructions is not None:
-        instructions = parse_instruction_list(args.instructions)
-        if not instructions:
-            raise OptionError("--instructions holds no instruction (give words separated by '|' or new lines)")
-    elif paths.text_model is None:
-        raise OptionError(f"{models_dir} has no text-instruction model (TP_llava/): pass --instructions")
-    image_path = Path(args.image) if args.image else EXAMPLE_IMAGE
-    pixels, note = load_image(image_path)
-    working = prepare_image(pixels, settings.short_side, name=str(image_path))
-    metric_name = resolve_metric_name(args.metric, paths.lpips)
-    metric = load_perceptual_metric(metric_name, weights_dir=paths.lpips, device=device)  # small; names what's missing
-    run_settings = dict(settings.to_dict(), metric=metric_name, models=str(models_dir.resolve()),
-                        target_sha256=_working_sha256(working), dtype=args.dtype,
-                        official_fp16_time=bool(args.official_fp16_time),
-                        instructions=instructions)
-    out = Path(args.out)
-    resume_state, writer = None, None
-    if args.resume and (out / MANIFEST).is_file():
-        writer, data, tensors, info = ProcessWriter.resume(out)
-        _compare_to_run(dict(data.get("settings", {})), dict(run_settings, image=str(image_path)), out)
-        if writer.status == "complete":
-            print(f"{out}: the run is complete ({writer.count} frames); nothing to resume")
-            return 0
-        resume_state = LoopState.from_saved(tensors, info) if tensors is not None else None
-    else:  # checked now; an earlier run's files are only removed (--overwrite) once the painting starts
-        if args.resume and out.is_dir() and any(out.iterdir()):
-            raise OutputFolderError(f"--resume: {out} holds no run of this tool (no {MANIFEST}); nothing there is "
-                                    "touched: give the folder of the run to continue")
-        prepare_output(out, "resume" if args.overwrite or args.resume else "new", "--out")
-    if torch.device(device).type == "cpu" and args.dtype != "fp32":
-        print(f"note: {args.dtype} on the CPU is very slow (25-50x fp32 measured here); fp32 is the CPU's precision")
+
+def _paint_single(ctx: _PaintContext, image_path: Path) -> int:
+    from .core.errors import OptionError
+    from .core.painting_run import paint_run, plan_run
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise OptionError("one image cannot be shared between processes: give a folder or a glob of paintings")
+    working, note = ctx.prepare(image_path)
+    run_settings = ctx.settings_for(working, image_path)
+    out = Path(ctx.args.out)
+    plan = plan_run(out, run_settings, ctx.mode)
+    if plan.complete:
+        print(f"{out}: the run is complete ({plan.writer.count} frames); nothing to resume")
+        return 0
     for line in (note, working.note):
         if line:
             print(f"input: {line}")
-
-    from .core.loading import quiet_loaders
-
-    quiet_loaders(progress_bars=False)
-    models = ModelSet.from_release(models_dir, device=device, dtype=_parse_dtype(args.dtype),
-                                   time_dtype=torch.float16 if args.official_fp16_time else None)
-    text = (ManualInstructions(instructions) if instructions is not None
-            else TextInstructionGenerator.from_pretrained(paths.text_model, device=device))
-    painter = Painter(models, metric)
-    h, w = working.size
-    if writer is None or writer.count == 0:
-        writer = ProcessWriter(out, dict(run_settings, image=str(image_path)),
-                               mode="overwrite" if args.overwrite else "resume")
-        writer.add(working.white_canvas()[:h, :w],
-                   {"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None},
-                   np.zeros((h, w), np.uint8))
-    else:
-        writer.drop_unkept()
-        print(f"resuming {out} after keyframe {resume_state.painted if resume_state else 0}")
+    painter, text = ctx.painter()
+    if plan.writer is not None and plan.writer.count:
+        print(f"resuming {out} after keyframe {plan.painted}")
     start = time.time()
     try:
-        for kf in painter.paint(working, settings, instructions=text, resume=resume_state):
-            mask = (kf.mask[0, 0, :h, :w].cpu().numpy() > 0.5).astype(np.uint8) * 255
-            writer.add(kf.cropped, kf.record(), mask)
-            if not kf.finishing:
-                writer.save_state(*painter.state.to_saved())
-            print(f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
-                  f"LPIPS to target {kf.lpips_to_target:.4f}  ({time.time() - start:.1f}s)", flush=True)
+        manifest = paint_run(plan, painter, working, ctx.settings, text, run_settings,
+                             on_keyframe=lambda kf: print(_keyframe_line(kf, time.time() - start), flush=True))
     except KeyboardInterrupt:
-        writer.stop("interrupted")
-        print(f"interrupted: {writer.count} frames kept in {out}; continue with the same command and --resume",
+        print(f"interrupted: the frames so far are kept in {out}; continue with the same command and --resume",
               file=sys.stderr)
         return 130
-    except BaseException as exc:
-        writer.stop(f"error: {type(exc).__name__}")
-        raise
-    manifest = writer.finish({"stop_reason": painter.last_stop_reason})
-    print(f"stopped: {painter.last_stop_reason}; wrote {writer.count} frames, "
+    print(f"stopped: {painter.last_stop_reason}; wrote {len(manifest['keyframes'])} frames, "
           f"{', '.join(k for k in ('webp', 'mp4') if k in manifest)} and manifest.json to {out}")
     return 0
+
+
+class _FolderProgress:
+    """Bars over paintings and over the keyframes of the current one on a terminal; one line each otherwise."""
+
+    def __init__(self, total: int, max_keyframes: int, prefix: str):
+        self.bars = sys.stderr.isatty()
+        self.total, self.max_keyframes, self.prefix = total, max_keyframes, prefix
+        self.outer = self.inner = None
+        if self.bars:
+            from tqdm import tqdm
+
+            self.outer = tqdm(total=total, desc=f"{prefix}paintings", unit="painting", position=0)
+
+    def start(self, i: int, name: str) -> None:
+        self.name, self.t0 = name, time.time()
+        if self.bars:
+            from tqdm import tqdm
+
+            self.inner = tqdm(total=self.max_keyframes, desc=name[:24], unit="keyframe", position=1, leave=False)
+        else:
+            print(f"{self.prefix}[{i}/{self.total}] {name}", flush=True)
+
+    def keyframe(self, kf) -> None:
+        if self.bars:
+            self.inner.total = max(self.inner.total, kf.index)  # finishing keyframes come after the limit
+            self.inner.update(1)
+            self.inner.set_postfix_str(kf.instruction[:20])
+        else:
+            print(f"{self.prefix}  {self.name}: {_keyframe_line(kf, time.time() - self.t0)}", flush=True)
+
+    def done(self, line: str) -> None:
+        if self.bars:
+            self.inner.close()
+            self.outer.update(1)
+            self.outer.write(f"{self.prefix}{line}")
+        else:
+            print(f"{self.prefix}{line}", flush=True)
+
+    def close(self) -> None:
+        if self.outer is not None:
+            self.outer.close()
+
+
+def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
+    """Every image into its own run folder under --out, this process's share of them (see core/folder_run.py)."""
+    from .core.errors import OutputFolderError, UserInputError
+    from .core.export import prepare_output
+    from .core.folder_run import (INDEX, jobs_for, read_index, record, save_records, share, write_index)
+    from .core.painting_run import compare_settings, paint_run, plan_run
+
+    rank, world = state.process_index, state.num_processes
+    out = Path(ctx.args.out)
+    jobs = jobs_for(images)
+    shared = ctx.settings_for()
+    earlier = read_index(out)
+    if ctx.mode == "resume" and earlier is not None:
+        compare_settings(dict(earlier.get("settings", {})), shared, out)
+    elif ctx.mode == "resume" and out.is_dir() and any(out.iterdir()):
+        raise OutputFolderError(f"--resume: {out} holds no folder run of this tool (no {INDEX}); nothing there is "
+                                "touched")
+    else:
+        prepare_output(out, "new" if ctx.mode == "new" else "resume", "--out")
+    state.wait_for_everyone()  # every process has checked the folder before any of them writes into it
+    if ctx.mode == "overwrite" and earlier is not None and rank == 0:
+        # the earlier run's paintings that are not in this one: their run files go too (other files stay)
+        current = {j.name for j in jobs}
+        for row in earlier.get("paintings", []):
+            folder = str(row.get("folder", ""))
+            if folder and folder not in current and "/" not in folder and folder not in ("..", "."):
+                prepare_output(out / folder, "overwrite")
+    mine = share(jobs, rank, world)
+    prefix = f"[process {rank}/{world}] " if world > 1 else ""
+    records: dict[str, dict] = {}
+    plans = {}
+    for job in mine:  # checked up front; a painting that cannot be painted is recorded and the others go on
+        try:
+            working, note = ctx.prepare(job.image)
+            plan = plan_run(job.folder(out), ctx.settings_for(working, job.image), ctx.mode, f"{job.name}/")
+        except UserInputError as exc:
+            records[job.name] = record(job, out, "invalid", str(exc))
+            print(f"{prefix}skipped: {exc}", file=sys.stderr)
+            continue
+        if plan.complete:
+            records[job.name] = record(job, out, "complete")
+        else:
+            plans[job.name] = (plan, working)
+    save_records(out, rank, records)
+    write_index(out, jobs, shared)
+    progress = _FolderProgress(len(plans), ctx.settings.max_keyframes, prefix)
+    interrupted = False
+    try:
+        for i, job in enumerate(j for j in mine if j.name in plans):
+            plan, working = plans[job.name]
+            progress.start(i + 1, job.name)
+            try:
+                painter, text = ctx.painter()
+                paint_run(plan, painter, working, ctx.settings, text, ctx.settings_for(working, job.image),
+                          on_keyframe=progress.keyframe)
+                records[job.name] = record(job, out, "complete")
+                progress.done(f"{job.name}: {records[job.name]['frames']} frames ({painter.last_stop_reason})")
+            except KeyboardInterrupt:
+                records[job.name] = record(job, out, "interrupted", "interrupted")
+                interrupted = True
+                raise
+            except Exception as exc:  # noqa: BLE001 - one painting's failure is recorded; the others go on
+                line = " ".join(str(exc).split()) or type(exc).__name__
+                records[job.name] = record(job, out, "failed", f"{type(exc).__name__}: {line}")
+                progress.done(f"{job.name}: failed: {line}")
+            finally:
+                save_records(out, rank, records)
+                write_index(out, jobs, shared)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        progress.close()
+    index = write_index(out, jobs, shared, sheet=True)
+    counts = ", ".join(f"{n} {s}" for s, n in index["counts"].items())
+    if interrupted:
+        print(f"{prefix}interrupted: {counts}; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    failed = [r for r in records.values() if r["status"] != "complete"]
+    print(f"{prefix}{len(records) - len(failed)} of {len(mine)} paintings of this process done; all: {counts}; "
+          f"index: {out / INDEX}")
+    return 1 if failed else 0
 
 
 def cmd_parity(args) -> int:
@@ -265,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog="--debug (anywhere) prints the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     paint = sub.add_parser("paint", help="paint a time-lapse of an image")
-    paint.add_argument("image", nargs="?", help="the finished painting (default: the bundled example)")
+    paint.add_argument("images", nargs="*", metavar="IMAGE",
+                       help="the finished painting (default: the bundled example); or a folder, a glob ('**' recurses) "
+                            "or several images: one run folder each under --out, with index.json and a contact sheet")
     paint.add_argument("--models", help="model folder (released layout); default: starter model or tiny random")
     paint.add_argument("--out", default="output/timelapse",
                        help="output folder; must be new or empty unless --overwrite or --resume")

@@ -27,6 +27,7 @@ from .errors import OutputFolderError
 PROVENANCE = "AI reconstruction of a possible painting process (Inverse Painting); not a recording"
 MANIFEST = "manifest.json"
 STATE_FILE = ".resume_state.safetensors"  # the loop's state after the last keyframe (core.loop.LoopState)
+PROBE_PREFIX = ".write-test-"
 LOCK_FILE = ".writing.lock"  # held (flock) by the one writer of a run folder while it writes
 VIDEOS = {"webp": "timelapse.webp", "mp4": "timelapse.mp4"}
 FRAME_NAME = re.compile(r"^\d{4,}_\d+m\d{2}s\.png$")
@@ -78,8 +79,8 @@ def prepare_output(out, mode: str = "new", what: str = "output folder", hint: st
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{what} {out}: a file is in the way (give a folder path)")
     if mode == "new" and out.is_dir():
-        try:
-            entries = sorted(p.name for p in out.iterdir())
+        try:  # another process's probe (below) is not content
+            entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(PROBE_PREFIX))
         except OSError as exc:
             raise OutputFolderError(f"{what} {out}: cannot list it ({exc.strerror or exc})") from None
         if entries:
@@ -87,7 +88,7 @@ def prepare_output(out, mode: str = "new", what: str = "output folder", hint: st
             raise OutputFolderError(f"{what} {out} is not empty ({shown}): {hint}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{uuid.uuid4().hex}.partial"
+        probe = out / f"{PROBE_PREFIX}{uuid.uuid4().hex}.partial"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:

@@ -1,0 +1,100 @@
+"""One painting into one run folder, safely: a new folder, an earlier run replaced, or an interrupted run continued.
+
+:func:`plan_run` checks the output folder before any model loads (and, to resume, reopens the run there and refuses
+other settings than its own); :func:`paint_run` paints into it frame by frame through
+:class:`.export.ProcessWriter`, saving the loop's state after every keyframe, so a run stopped at any point
+(Ctrl-C, an error, a kill) can be continued to the same frames as a run never stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import OptionError, OutputFolderError
+from .export import MANIFEST, ProcessWriter, prepare_output
+from .imaging import WorkingImage
+from .loop import Keyframe, LoopState, Painter, PaintSettings
+
+MODES = ("new", "overwrite", "resume")
+
+
+def working_sha256(working: WorkingImage) -> str:
+    """Fingerprint of the prepared target: a resumed run must paint the very same pixels."""
+    return hashlib.sha256(working.padded.tobytes() + str(working.padded.shape).encode()).hexdigest()
+
+
+def compare_settings(run: dict, now: dict, out: Path) -> None:
+    """Refuse to continue a run with settings other than its own (the frames would mix two runs); the image's
+    path may differ (a moved file), its pixels may not (``target_sha256``)."""
+    differ = [k for k in sorted(set(run) | set(now)) if k != "image" and run.get(k) != now.get(k)]
+    if differ:
+        shown = "; ".join(f"{k}: {run.get(k)!r} in the run, {now.get(k)!r} now" for k in differ[:4])
+        raise OptionError(f"--resume: the run in {out} was painted with other settings ({shown}); resume it with "
+                          "the same image, model folder and options")
+
+
+@dataclass
+class RunPlan:
+    out: Path
+    mode: str
+    writer: ProcessWriter | None = None  # the reopened run (resume)
+    state: LoopState | None = None  # where its loop stood
+
+    @property
+    def complete(self) -> bool:
+        return self.writer is not None and self.writer.status == "complete"
+
+    @property
+    def painted(self) -> int:
+        return self.state.painted if self.state is not None else 0
+
+
+def plan_run(out, settings: dict, mode: str = "new", what: str = "--out") -> RunPlan:
+    """Check ``out`` for a run with ``settings`` (``mode``: new, overwrite or resume) before any work is done."""
+    out = Path(out)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode == "resume" and (out / MANIFEST).is_file():
+        writer, data, tensors, info = ProcessWriter.resume(out)
+        compare_settings(dict(data.get("settings", {})), settings, out)
+        return RunPlan(out, mode, writer, LoopState.from_saved(tensors, info) if tensors is not None else None)
+    if mode == "resume" and out.is_dir() and any(out.iterdir()):
+        raise OutputFolderError(f"--resume: {out} holds no run of this tool (no {MANIFEST}); nothing there is "
+                                "touched: give the folder of the run to continue")
+    # an earlier run's files are only removed (overwrite) once the painting starts
+    prepare_output(out, "new" if mode == "new" else "resume", what)
+    return RunPlan(out, mode)
+
+
+def paint_run(plan: RunPlan, painter: Painter, working: WorkingImage, settings: PaintSettings, text,
+              run_settings: dict, on_keyframe: Callable[[Keyframe], None] | None = None, **paint_kwargs) -> dict:
+    """Paint the planned run to its end; returns the complete manifest. On an interruption or an error the folder
+    is marked (``"status": "interrupted"`` and the reason) and the exception goes on."""
+    h, w = working.size
+    writer = plan.writer
+    if writer is None or writer.count == 0:
+        writer = ProcessWriter(plan.out, run_settings, mode="overwrite" if plan.mode == "overwrite" else "resume")
+        writer.add(working.white_canvas()[:h, :w],
+                   {"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None},
+                   np.zeros((h, w), np.uint8))
+    else:
+        writer.drop_unkept()
+    try:
+        for kf in painter.paint(working, settings, instructions=text, resume=plan.state, **paint_kwargs):
+            writer.add(kf.cropped, kf.record(), (kf.mask[0, 0, :h, :w].cpu().numpy() > 0.5).astype(np.uint8) * 255)
+            if not kf.finishing:
+                writer.save_state(*painter.state.to_saved())
+            if on_keyframe is not None:
+                on_keyframe(kf)
+    except KeyboardInterrupt:
+        writer.stop("interrupted")
+        raise
+    except BaseException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        writer.stop(f"error: {type(exc).__name__}: {first}"[:500])
+        raise
+    return writer.finish({"stop_reason": painter.last_stop_reason})
