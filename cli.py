@@ -1,6 +1,7 @@
 """Command line: ``inverse-painting`` (paint, parity, convert, tiny-release, evaluate, train).
 
     inverse-painting paint IMAGE --models DIR --out OUT [--instructions "sky|mountain|details"]
+    inverse-painting paint DIR_OR_GLOB --out OUT [--resume]   # one run folder per painting, index.json
     inverse-painting parity FIXTURE_DIR          # one line per case, exit 1 on any failure
     inverse-painting convert DIR_OR_CKPT         # .ckpt -> .safetensors beside it
     inverse-painting tiny-release OUT            # a random release in the real formats (tests, demos)
