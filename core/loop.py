@@ -221,9 +221,9 @@ class LoopState:
             tensors["prev_mask"] = (self.prev_mask.detach().float().cpu() > 0.5).to(torch.uint8)
         if self.prev_latents is not None:
             tensors["prev_latents"] = self.prev_latents.detach().float().cpu()
-        # floats as repr strings: the stop rules compare them to thresholds, JSON rounding must not change a decision
-        info = {"painted": self.painted, "changes": [repr(float(c)) for c in self.changes],
-                "to_target": [repr(float(d)) for d in self.to_target], "finished": list(self.finished)}
+        # JSON writes floats by repr, which reads back to the same float: the stop rules decide as if never stopped
+        info = {"painted": self.painted, "changes": [float(c) for c in self.changes],
+                "to_target": [float(d) for d in self.to_target], "finished": list(self.finished)}
         return tensors, info
 
     @classmethod
