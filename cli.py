@@ -47,7 +47,7 @@ def cmd_paint(args) -> int:
     from .core.export import write_process
     from .core.guidance import GuidanceScales
     from .core.imaging import prepare_image
-    from .core.loop import Painter, PaintSettings, collect_process
+    from .core.loop import DISTANCE_FIELDS, Painter, PaintSettings, collect_process
     from .core.model_set import ModelSet
     from .models.lpips_net import load_perceptual_metric, resolve_metric_name
     from .models.text_instruction import ManualInstructions, TextInstructionGenerator, parse_instruction_list
@@ -91,7 +91,7 @@ def cmd_paint(args) -> int:
         f"LPIPS to target {kf.lpips_to_target:.4f}  ({sec:.1f}s)", flush=True))
     manifest = write_process(args.out, frames, records, dict(settings.to_dict(), metric=metric_name,
                              models=str(models_dir), image=str(image_path)), masks=masks,
-                             extra={"stop_reason": painter.last_stop_reason})
+                             extra={"stop_reason": painter.last_stop_reason, "distances": DISTANCE_FIELDS})
     print(f"stopped: {painter.last_stop_reason}; wrote {len(frames)} frames, "
           f"{', '.join(k for k in ('webp', 'mp4') if k in manifest)} and manifest.json to {args.out}")
     return 0
