@@ -713,3 +713,13 @@ def test_example_workflows_are_consistent(name):
                         if is_widget(spec))
         assert len(node["widgets_values"]) == n_widgets, f"{name}: node {node['id']} ({node['type']})"
         assert node["outputs"] and [o["type"] for o in node["outputs"]] == info[node["type"]]["output"]
+    # the layout: no two nodes (title bar included) overlap; each node is at least as large as its rows
+    from workflow_tools import TITLE_H, node_size
+
+    boxes = [(n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0], n["size"][1] + TITLE_H, n["id"]) for n in ui["nodes"]]
+    for i, (x1, y1, w1, h1, a) in enumerate(boxes):
+        for x2, y2, w2, h2, b in boxes[i + 1:]:
+            assert not (x1 < x2 + w2 and x2 < x1 + w1 and y1 < y2 + h2 and y2 < y1 + h1), f"{name}: {a} over {b}"
+    for node in ui["nodes"]:
+        if node["type"] in info:
+            assert node["size"][1] >= node_size(node["type"], info[node["type"]])[1], f"{name}: node {node['id']}"

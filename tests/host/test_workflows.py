@@ -27,7 +27,7 @@ UI_DIR = REPO_ROOT / "workflows"
 FULL = "Time-lapse of a painting"
 MANUAL = "Time-lapse with written instructions"
 STEP = "One painting step, node by node"
-SAMPLER = "One keyframe with a ComfyUI sampler and scheduler"
+SAMPLER = "One keyframe with a ComfyUI sampler"
 PAINTING = (512, 640)  # the example painting (h, w): the time-lapse frames' size
 WORKING = (128, 160)  # the starter paints at short side 128
 # stop rules off: exactly 3 keyframes (+ the starter's 2 finishing frames); 3 steps, of which the starter's
