@@ -165,11 +165,14 @@ class Keyframe:
     difference: torch.Tensor  # (1, 1, h, w) latent LPIPS difference mask (mask-generator input)
     threshold: float | None  # mask threshold the ladder chose (None: user mask)
     ladder: list[dict]
-    lpips_to_target: float
+    lpips_to_target: float  # LPIPS(target painting, this keyframe), at the working size
     lpips_change: float  # LPIPS(previous canvas, this keyframe)
     latents: torch.Tensor
     size: tuple[int, int]
     finishing: bool = False  # a cross-fade to the target after the stop (``finish_frames``), not a render
+    # LPIPS(decode(encode(target)), this keyframe) when ``compare_to`` is "reconstruction": what the stop rule
+    # measured then (None when it measures ``lpips_to_target``)
+    lpips_to_reconstruction: float | None = None
 
     @property
     def cropped(self) -> np.ndarray:
@@ -186,9 +189,22 @@ class Keyframe:
                "mask_area": round(self.mask_area, 6), "mask_threshold": self.threshold,
                "lpips_to_target": round(self.lpips_to_target, 6), "lpips_change": round(self.lpips_change, 6),
                "ladder": self.ladder}
+        if self.lpips_to_reconstruction is not None:
+            rec["lpips_to_reconstruction"] = round(self.lpips_to_reconstruction, 6)
         if self.finishing:
             rec["finishing"] = True
         return rec
+
+
+# what the distances of a keyframe record measure (``Keyframe.record``), for manifests
+DISTANCE_FIELDS = {
+    "lpips_to_target": "distance (the run's perceptual metric) from the frame to the target painting, at the "
+                       "working size",
+    "lpips_to_reconstruction": "distance from the frame to the target passed through the model's VAE, which the "
+                               "stop rule and the difference masks compare with (compare_to 'reconstruction'); "
+                               "absent when they compare with the target",
+    "lpips_change": "distance from the frame to the previous one",
+}
 
 
 class ManualMasks:
@@ -412,20 +428,25 @@ class Painter:
                 sampler=sampler, sigmas=sigmas, callback=cb, start_latents=start, denoise=settings.denoise)
             image = paste_unmasked(canvas, result.image, chosen.mask_full) if settings.keep_unmasked else result.image
             change = stop_rule_distance(self.metric, canvas, image)
-            dist = stop_rule_distance(self.metric, reference, image)
-            if not (math.isfinite(change) and math.isfinite(dist)):
+            dist, to_recon = self._distances(target_img, reference, image)
+            if not all(math.isfinite(d) for d in (change, dist, dist if to_recon is None else to_recon)):
                 raise NumericalFault("perceptual metric", None, f"keyframe {k + 1}")
             changes.append(change)
-            to_target.append(dist)
+            to_target.append(dist if to_recon is None else to_recon)
             kf = Keyframe(k + 1, (k + 1) * settings.interval_s, image, instruction, chosen.mask_full,
                           chosen.mask_latent, difference, chosen.threshold, chosen.trail, dist, change,
-                          result.latents, working.size)
+                          result.latents, working.size, lpips_to_reconstruction=to_recon)
             canvas = working.repad(image)  # crop to the painted area, re-blacken the pad
             prev_mask, prev_latents = chosen.mask_full, result.latents
             self.state = LoopState(k + 1, canvas, prev_mask, prev_latents, list(changes), list(to_target),
                                    sorted(finished))
             yield kf
         yield from self._finish(canvas, target_img, reference, working, settings, len(to_target))
+
+    def _distances(self, target: np.ndarray, reference: np.ndarray, image: np.ndarray) -> tuple[float, float | None]:
+        """(LPIPS to the target, LPIPS to the reference when that is not the target, else None)."""
+        to_target = stop_rule_distance(self.metric, target, image)
+        return to_target, None if reference is target else stop_rule_distance(self.metric, reference, image)
 
     def _finish(self, canvas: np.ndarray, target: np.ndarray, reference: np.ndarray, working: WorkingImage,
                 settings: PaintSettings, painted: int) -> Iterator[Keyframe]:
@@ -441,11 +462,12 @@ class Painter:
         for i in range(1, n + 1):
             image = cross_fade(canvas, target, i / n)  # both have the black pad: so has the mix
             k = painted + i
+            to_target, to_recon = self._distances(target, reference, image)
             yield Keyframe(k, k * settings.interval_s, image, FINISH_INSTRUCTION, region.full, region.latent,
                            region.latent, None, [{"decision": f"finish: cross-fade to the target, {i}/{n}"}],
-                           stop_rule_distance(self.metric, reference, image),
-                           stop_rule_distance(self.metric, previous, image), self.models.image_latents(image),
-                           working.size, finishing=True)
+                           to_target, stop_rule_distance(self.metric, previous, image),
+                           self.models.image_latents(image), working.size, finishing=True,
+                           lpips_to_reconstruction=to_recon)
             previous = image
 
 

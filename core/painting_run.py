@@ -17,7 +17,7 @@ import numpy as np
 from .errors import OptionError, OutputFolderError
 from .export import MANIFEST, ProcessWriter, prepare_output
 from .imaging import WorkingImage
-from .loop import Keyframe, LoopState, Painter, PaintSettings
+from .loop import DISTANCE_FIELDS, Keyframe, LoopState, Painter, PaintSettings
 
 MODES = ("new", "overwrite", "resume")
 
@@ -77,7 +77,8 @@ def paint_run(plan: RunPlan, painter: Painter, working: WorkingImage, settings: 
     h, w = working.size
     writer = plan.writer
     if writer is None or writer.count == 0:
-        writer = ProcessWriter(plan.out, run_settings, mode="overwrite" if plan.mode == "overwrite" else "resume")
+        writer = ProcessWriter(plan.out, run_settings, {"distances": DISTANCE_FIELDS},
+                               mode="overwrite" if plan.mode == "overwrite" else "resume")
         writer.add(working.white_canvas()[:h, :w],
                    {"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None},
                    np.zeros((h, w), np.uint8))

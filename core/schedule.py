@@ -4,7 +4,8 @@ Note that it is *linear* beta, not SD's scaled_linear: sigma_max is 25.146 (14.6
 Sigmas and the fractional timesteps handed to the UNet come from diffusers' own
 EulerAncestralDiscreteScheduler, configured as the release configures it. For sigmas from elsewhere
 (e.g. a ComfyUI SIGMAS input) :meth:`Schedule.timestep` inverts the schedule's sigma(t) by linear
-interpolation, which returns the exact official t for the official sigmas.
+interpolation, which returns the exact official t for the official sigmas. :func:`named_sigmas` gives three
+of ComfyUI's schedules on it (the scheduler node's fallback outside ComfyUI).
 """
 from __future__ import annotations
 
@@ -78,3 +79,28 @@ class Schedule:
         """Fractional t for a sigma (inverse of the linear-in-t interpolation of sigma(t))."""
         t = np.interp(float(sigma), self.train_sigmas, np.arange(len(self.train_sigmas), dtype=np.float64))
         return float(t)
+
+
+# ComfyUI's scheduler names the pack's scheduler node can compute without ComfyUI (inside ComfyUI it calls
+# ComfyUI's own scheduler functions on this schedule)
+NAMED_SCHEDULES = ("normal", "karras", "exponential")
+KARRAS_RHO = 7.0
+
+
+def named_sigmas(name: str, steps: int) -> torch.Tensor:
+    """``steps`` + 1 sigmas (the last 0) of the schedule ``name`` between this schedule's sigma_max and sigma_min:
+    normal = timesteps evenly spaced from 999 to 0 (sigma interpolated in log space), karras = evenly spaced in
+    sigma^(1/7), exponential = evenly spaced in log sigma."""
+    table = Schedule.official().train_sigmas
+    lo, hi = table[0], table[-1]
+    if name == "normal":
+        t = np.linspace(len(table) - 1, 0, steps)
+        sigmas = np.exp(np.interp(t, np.arange(len(table)), np.log(table)))
+    elif name == "karras":
+        ramp = np.linspace(0.0, 1.0, steps)
+        sigmas = (hi ** (1 / KARRAS_RHO) + ramp * (lo ** (1 / KARRAS_RHO) - hi ** (1 / KARRAS_RHO))) ** KARRAS_RHO
+    elif name == "exponential":
+        sigmas = np.exp(np.linspace(np.log(hi), np.log(lo), steps))
+    else:
+        raise ValueError(f"unknown schedule {name!r} outside ComfyUI; choose one of {NAMED_SCHEDULES}")
+    return torch.from_numpy(np.append(sigmas, 0.0)).float()

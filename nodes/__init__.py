@@ -2,7 +2,8 @@
 
 Importable without ComfyUI (the unit tests call the node classes directly): every ``comfy`` /
 ``folder_paths`` access goes through :mod:`.comfy_bridge`, which falls back to plain torch. Inside
-ComfyUI, importing this package registers the ``models/inverse_painting/`` model folder.
+ComfyUI, importing this package registers the ``models/inverse_painting/`` model folder and places the bundled
+example painting in ComfyUI's input folder (when no file has its name) for the example workflows.
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from .evaluation_node import NODE_CLASS_MAPPINGS as _EVAL_NODES
 from .evaluation_node import NODE_DISPLAY_NAME_MAPPINGS as _EVAL_NAMES
 from .model_nodes import InversePaintingLoader, InversePaintingTextModelLoader
 from .output_nodes import InversePaintingSaveProcess, InversePaintingTimeMap
+from .scheduler import InversePaintingScheduler
 from .step_nodes import (InversePaintingDifferenceMask, InversePaintingMaskGenerator,
                          InversePaintingRenderKeyframe, InversePaintingTextInstruction)
 from .timelapse import InversePaintingTimelapse
 
 comfy_bridge.register_model_folder()  # no-op outside ComfyUI
+comfy_bridge.place_example_painting()  # likewise
 
 # Node ids are stable: saved workflows reference them.
 NODE_CLASS_MAPPINGS = {
@@ -25,6 +28,7 @@ NODE_CLASS_MAPPINGS = {
     "InversePaintingDifferenceMask": InversePaintingDifferenceMask,
     "InversePaintingMaskGenerator": InversePaintingMaskGenerator,
     "InversePaintingRenderKeyframe": InversePaintingRenderKeyframe,
+    "InversePaintingScheduler": InversePaintingScheduler,
     "InversePaintingTimelapse": InversePaintingTimelapse,
     "InversePaintingSaveProcess": InversePaintingSaveProcess,
     "InversePaintingTimeMap": InversePaintingTimeMap,
@@ -38,6 +42,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "InversePaintingDifferenceMask": "Inverse Painting: Difference Mask",
     "InversePaintingMaskGenerator": "Inverse Painting: Mask Generator",
     "InversePaintingRenderKeyframe": "Inverse Painting: Render Keyframe",
+    "InversePaintingScheduler": "Inverse Painting: Scheduler",
     "InversePaintingTimelapse": "Inverse Painting: Time-lapse",
     "InversePaintingSaveProcess": "Inverse Painting: Save Painting Process",
     "InversePaintingTimeMap": "Inverse Painting: Time Map",

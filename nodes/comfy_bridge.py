@@ -3,16 +3,18 @@
 The node modules must import (and the unit tests must run) without ComfyUI, so every ``comfy`` /
 ``folder_paths`` import lives in a function here, each with a plain fallback:
 
-* model folder registration and lookup (``models/inverse_painting/``),
+* model folder registration and lookup (``models/inverse_painting/``), the example painting in ``input/``,
 * devices and dtypes (``comfy.model_management`` or torch alone),
 * moving our networks through ComfyUI's memory manager (a ``ModelPatcher`` per loaded model set),
 * progress bars with previews and the interruption check,
-* driving the core denoiser with a ComfyUI ``SAMPLER`` (KSAMPLER ``sampler_function``).
+* driving the core denoiser with a ComfyUI ``SAMPLER`` (KSAMPLER ``sampler_function``), and ComfyUI's
+  schedulers on the renderer's own noise schedule.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,8 @@ log = logging.getLogger("inverse_painting")
 
 MODEL_FOLDER = "inverse_painting"  # ComfyUI's models/inverse_painting/
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "assets"  # holds starter_model/, listed after the user's
+EXAMPLE_PAINTING = BUNDLED_MODELS / "example.png"
+EXAMPLE_INPUT_NAME = "inverse_painting_example.png"  # the name the example workflows' Load Image uses
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,6 +76,27 @@ def register_model_folder() -> bool:
     else:
         fp.folder_names_and_paths[MODEL_FOLDER] = ([default], set(fp.supported_pt_extensions))
     return True
+
+
+def place_example_painting() -> Path | None:
+    """Copy the bundled example painting into ComfyUI's input folder as ``EXAMPLE_INPUT_NAME`` when no file has
+    that name, so the example workflows' Load Image finds it on a fresh install. Never overwrites; returns
+    the path (None outside ComfyUI or when the folder is not writable, which is logged)."""
+    fp = folder_paths()
+    if fp is None:
+        return None
+    try:
+        dst = Path(fp.get_input_directory()) / EXAMPLE_INPUT_NAME
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + ".partial")
+            shutil.copyfile(EXAMPLE_PAINTING, tmp)
+            os.replace(tmp, dst)
+        return dst
+    except OSError as exc:
+        log.warning("Inverse Painting: could not place the example painting in ComfyUI's input folder (%s); "
+                    "the example workflows need an image there", exc)
+        return None
 
 
 def model_roots() -> list[Path]:
@@ -387,6 +412,32 @@ def make_external_sampler(sampler, seed: int) -> Callable:
                                         disable=True, **extra_options)
 
     return run
+
+
+def scheduler_names() -> list[str]:
+    """ComfyUI's scheduler names (``comfy.samplers.SCHEDULER_NAMES``); outside ComfyUI the core's few."""
+    samplers = _import("comfy.samplers")
+    if samplers is not None:
+        return list(samplers.SCHEDULER_NAMES)
+    from ..core.schedule import NAMED_SCHEDULES
+
+    return list(NAMED_SCHEDULES)
+
+
+def scheduler_sigmas(name: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """SIGMAS of ComfyUI's scheduler ``name`` on the renderer's schedule, cut like BasicScheduler's ``denoise``
+    (the last ``steps`` steps of a ``steps / denoise`` schedule)."""
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    total = int(steps / denoise) if denoise < 1.0 else int(steps)
+    samplers = _import("comfy.samplers")
+    if samplers is not None:
+        sigmas = samplers.calculate_sigmas(_model_sampling(schedule_betas()), name, total)
+    else:
+        from ..core.schedule import named_sigmas
+
+        sigmas = named_sigmas(name, total)
+    return sigmas.float().cpu()[-(int(steps) + 1):]
 
 
 def validate_sigmas(sigmas) -> torch.Tensor | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,12 +47,15 @@ def _to_image(arr: np.ndarray) -> torch.Tensor:
 
 
 def _metric(name: str, weights_dir: str):
-    from ..evaluation.metrics import resolve_metric
+    """The metric on the CPU: from ``weights_dir`` when given, else found like the other nodes' metrics."""
+    from . import metrics
 
-    key = (name, weights_dir or None)
+    if not weights_dir:
+        return metrics.standalone_metric(name, torch.device("cpu"))
+    key = (name, weights_dir)
     if key not in _METRIC_CACHE:
         _METRIC_CACHE.clear()  # keep one metric resident
-        _METRIC_CACHE[key] = resolve_metric(name, weights_dir or None)
+        _METRIC_CACHE[key] = metrics.load(name, Path(weights_dir))
     return _METRIC_CACHE[key]
 
 
@@ -94,7 +98,8 @@ class InversePaintingEvaluate:
                 "metric": (PERCEPTUAL_METRICS, {"default": PERCEPTUAL_METRICS[0],
                                                 "tooltip": "Perceptual distance. stlpips_alex works offline (weights "
                                                            "ship with stlpips-pytorch); lpips_alex (the paper's) needs "
-                                                           "the ImageNet AlexNet file in lpips_weights_dir."}),
+                                                           "the ImageNet AlexNet file in lpips_weights_dir or "
+                                                           "models/inverse_painting/lpips/."}),
                 "threshold": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 2.0, "step": 0.01,
                                         "tooltip": "Difference-mask threshold for the IoU and the time map "
                                                    "(spatial distance > threshold; the paper uses 0.2)."}),

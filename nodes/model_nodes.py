@@ -25,6 +25,7 @@ import torch
 from ..core.imaging import WorkingImage, prepare_image
 from ..core.loading import WeightFileError, find_release
 from . import comfy_bridge as cb
+from . import metrics
 
 log = logging.getLogger("inverse_painting")
 
@@ -32,7 +33,7 @@ CATEGORY = "Inverse Painting"
 MODEL_TYPE = "INVERSE_PAINTING_MODEL"
 TEXT_MODEL_TYPE = "INVERSE_PAINTING_TEXT_MODEL"
 COMPONENTS = ["renderer + mask generator", "renderer only", "mask generator only"]
-METRICS = ["auto", "lpips_alex", "stlpips_alex"]
+METRICS = metrics.METRIC_CHOICES
 _CACHE_SIZE = 2
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
 _cache_lock = threading.Lock()
@@ -83,7 +84,6 @@ class InversePaintingModel:
     def __init__(self, path, device: str = "auto", precision: str = "auto", components: str = COMPONENTS[0],
                  metric: str = METRICS[0], short_side: int = 0):
         from ..core.loop import PaintSettings
-        from ..models.lpips_net import resolve_metric_name
 
         self.path = Path(path)
         paths = find_release(self.path)
@@ -94,8 +94,8 @@ class InversePaintingModel:
             need.append("mask_generator")
         paths.require(*need)  # fail in the loader, not later, when files are missing
         self.paths = paths
-        # auto: the release's LPIPS when it ships the AlexNet trunk, else the offline ST-LPIPS
-        metric = resolve_metric_name(metric, paths.lpips)
+        # auto: the release's LPIPS when its weight files are installed, else the offline ST-LPIPS
+        metric, self.lpips_dir = metrics.resolve(metric, paths.lpips, model=True)
         self.device_choice, self.precision, self.components, self.metric_name = device, precision, components, metric
         # 0 = the size the model was trained at (512 for released models, the starter's own size)
         # how this model paints (PaintSettings.for_model: the release's defaults, or a starter's own);
@@ -114,13 +114,11 @@ class InversePaintingModel:
     def _build(self) -> _LoadedRelease:
         from ..core.loop import Painter
         from ..core.model_set import ModelSet
-        from ..models.lpips_net import load_perceptual_metric
-
         log.info("Inverse Painting: loading %s (%s, %s)", self.path, self.device, self.dtype)
         models = ModelSet.from_release(self.path, device=cb.offload_device(), dtype=self.dtype,
                                        renderer=self.components != "mask generator only",
                                        mask_generator=self.components != "renderer only")
-        metric = load_perceptual_metric(self.metric_name, weights_dir=self.paths.lpips)
+        metric = metrics.load(self.metric_name, self.lpips_dir)
         managed = cb.ManagedModules({**models.modules(), "perceptual_metric": metric}, self.device)
         if models.renderer is not None:
             painter = Painter(models, metric)
@@ -278,10 +276,11 @@ class InversePaintingLoader:
             "components": (COMPONENTS, {"default": COMPONENTS[0], "tooltip": "Which networks to load; the "
                                         "time-lapse needs both."}),
             "perceptual_metric": (METRICS, {"default": METRICS[0], "tooltip": "Distance used for the difference "
-                                            "mask and the stop rule. lpips_alex is the official one (needs "
-                                            "lpips/ weights in the release); stlpips_alex ships with the "
+                                            "mask and the stop rule. lpips_alex is the official one (needs the "
+                                            "ImageNet AlexNet file in the model's lpips/ or in "
+                                            "models/inverse_painting/lpips/); stlpips_alex ships with the "
                                             "stlpips-pytorch wheel (the starter model uses it); auto picks "
-                                            "lpips_alex when the release has its weights, else stlpips_alex."}),
+                                            "lpips_alex when the model folder has its weights, else stlpips_alex."}),
             "short_side": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Working "
                                    "resolution: the target is resized so its short side is this, then padded to "
                                    "multiples of 16. 0 = the model's training size (512 for released models, 128 "

@@ -167,7 +167,8 @@ class InversePaintingTimeMap:
             "frames": ("IMAGE", {"tooltip": "Frames in order, the start canvas first."}),
             "method": (TIME_MAP_METHODS, {"default": TIME_MAP_METHODS[0], "tooltip": "masks: use the 'masks' input "
                                           "(the painted regions); stlpips_alex / lpips_alex: perceptual difference "
-                                          "of consecutive frames; pixel: max RGB difference (no network)."}),
+                                          "of consecutive frames (lpips_alex needs the ImageNet AlexNet file in "
+                                          "models/inverse_painting/lpips/); pixel: max RGB difference (no network)."}),
             "threshold": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": "Change "
                                     "threshold for the difference methods (paper: 0.2)."}),
             "colormap": (COLORMAPS, {"default": "viridis", "tooltip": "Colour ramp from early to late keyframes "
@@ -192,7 +193,7 @@ class InversePaintingTimeMap:
                 raise NodeInputError(f"{mb.shape[0]} masks for {n} frames (expected {n} or {n - 1})")
             change = [m.numpy() > 0.5 for m in mb]
         elif method in ("stlpips_alex", "lpips_alex"):
-            from .step_nodes import standalone_metric
+            from .metrics import standalone_metric
 
             metric = standalone_metric(method, torch.device("cpu"))
         elif method != "pixel":

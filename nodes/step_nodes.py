@@ -7,8 +7,6 @@ and with the time-lapse frames.
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from ..core.difference_mask import compute_difference_mask
@@ -18,9 +16,10 @@ from ..core.loop import keyframe_start, paste_unmasked
 from ..core.mask_generator import fall_back_to_difference
 from ..core.sampling import NoiseSource
 from . import comfy_bridge as cb
-from .convert import (NodeInputError, core_mask_to_comfy, finite_input, gray_to_image, image_batch_size, image_to_uint8,
-                      mask_to_batch, mask_to_working, snap_to_latent_grid, uint8_to_image)
-from .model_nodes import CATEGORY, METRICS, MODEL_TYPE, TEXT_MODEL_TYPE
+from . import metrics
+from .convert import (NodeInputError, core_mask_to_comfy, finite_input, gray_to_image, image_batch_size,
+                      image_to_uint8, mask_to_batch, mask_to_working, snap_to_latent_grid, uint8_to_image)
+from .model_nodes import CATEGORY, MODEL_TYPE, TEXT_MODEL_TYPE
 
 DEFAULT_SHORT_SIDE = 512
 
@@ -97,39 +96,6 @@ class InversePaintingTextInstruction:
 
 # ---- difference mask -----------------------------------------------------------------------------
 
-_metric_cache: dict = {}
-_metric_lock = threading.Lock()
-
-
-def standalone_metric(name: str, device: torch.device):
-    """A perceptual metric without a loaded release: weights from any release's lpips/ folder."""
-    from ..models.lpips_net import MissingWeightsError, load_perceptual_metric
-
-    key = (name, str(device))
-    with _metric_lock:
-        if key in _metric_cache:
-            return _metric_cache[key]
-    errors = []
-    dirs = [None]
-    for root in cb.model_roots():
-        if root.is_dir():
-            dirs += [d / "lpips" for d in sorted(root.iterdir()) if (d / "lpips").is_dir()]
-    metric = None
-    for d in (dirs[1:] + dirs[:1]):  # release folders first, then the metric's own defaults
-        try:
-            metric = load_perceptual_metric(name, weights_dir=d)
-            break
-        except (MissingWeightsError, FileNotFoundError, ValueError) as exc:
-            errors.append(str(exc))
-    if metric is None:
-        raise RuntimeError(f"cannot load the {name} weights: {errors[-1] if errors else 'not found'}. Connect a "
-                           "model (whose release has lpips/), or choose another metric.")
-    metric = metric.to(device)
-    with _metric_lock:
-        _metric_cache[key] = metric
-    return metric
-
-
 class InversePaintingDifferenceMask:
     DESCRIPTION = ("Where the canvas still differs from the target: spatial perceptual distance (LPIPS) "
                    "thresholded into a mask (the mask generator's 9th input channel).")
@@ -147,19 +113,22 @@ class InversePaintingDifferenceMask:
             "target": IMAGE_TARGET,
             "threshold": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 2.0, "step": 0.01,
                                     "tooltip": "Pixels with distance strictly above this are marked (release: 0.2)."}),
-            "metric": (METRICS, {"default": METRICS[0], "tooltip": "lpips_alex (official; AlexNet trunk from the "
-                                 "release's lpips/ folder) or stlpips_alex (shift-tolerant, weights in its wheel)."}),
+            "metric": (metrics.METRIC_CHOICES, {"default": metrics.AUTO, "tooltip": "auto: the connected model's "
+                       "metric, else lpips_alex when its weights are installed, else stlpips_alex. lpips_alex: the "
+                       "release's (needs the ImageNet AlexNet file in models/inverse_painting/lpips/); "
+                       "stlpips_alex: shift-tolerant LPIPS, always available."}),
         }, "optional": {
             "model": (MODEL_TYPE, {"tooltip": "Optional: use this release's LPIPS weights, device and working size."}),
         }}
 
-    def run(self, canvas, target, threshold=0.2, metric=METRICS[0], model=None):
+    def run(self, canvas, target, threshold=0.2, metric=metrics.AUTO, model=None):
         threshold = finite_input(threshold, "threshold", 0)
-        if model is not None and model.metric_name == metric:
+        if model is not None and metric in (metrics.AUTO, model.metric_name):
             loaded = model.load()
             net, short_side = loaded.metric, model.short_side
         else:
-            net = standalone_metric(metric, model.device if model is not None else cb.resolve_device("auto"))
+            device = model.device if model is not None else cb.resolve_device("auto")
+            net = metrics.standalone_metric(metric, device)
             short_side = model.short_side if model is not None else DEFAULT_SHORT_SIDE
         working = prepare_image(image_to_uint8(target, 0, "target"), short_side)
         masks, maps = [], []
@@ -238,6 +207,14 @@ def make_sampling(sampler, sigmas, seed: int):
     """(external sampler or None, sigmas or None) from optional ComfyUI SAMPLER / SIGMAS inputs."""
     ext = cb.make_external_sampler(sampler, seed) if sampler is not None else None
     return ext, cb.validate_sigmas(sigmas)
+
+
+def steps_per_keyframe(steps: int, denoise: float = 1.0) -> int:
+    """Denoising steps a keyframe of ``steps`` runs: below denoise 1 the renderer skips the first
+    round(steps * (1 - denoise)) of them (an img2img start, see ``Renderer.render``)."""
+    if denoise >= 1.0:
+        return int(steps)
+    return int(steps) - min(int(round(steps * (1.0 - denoise))), int(steps) - 1)
 
 
 def step_callback(progress: cb.Progress | None):
@@ -319,7 +296,7 @@ class InversePaintingRenderKeyframe:
         start = keyframe_start(loaded.models, painting, canvas_u8, tstate.latents, conds.mask_latent)
         if start is not None:
             prev = None
-            n_steps = max(1, int(round(n_steps * painting.denoise)))
+            n_steps = steps_per_keyframe(n_steps, painting.denoise)
         progress = cb.Progress(n_steps)
         result = renderer.render(conds, noise, int(steps), scales, bool(fast_guidance), prev,
                                  float(combine_ratio), sampler=ext, sigmas=sig, callback=step_callback(progress),

@@ -1,9 +1,11 @@
 """The time-lapse node: the whole painting loop inside one node, keyframe after keyframe.
 
 The loop stays in one node (not a graph of repeated nodes) so tensors stay on the device and the
-per-painting state (target latents, ReferenceNet banks) is computed once. Progress is reported per
-denoising step with a preview of every finished keyframe, and the interrupt flag is checked at every
-denoising step, so Cancel stops within one UNet evaluation.
+per-painting state (target latents, ReferenceNet banks) is computed once. Progress counts keyframes x
+denoising steps, with a preview of every finished keyframe, up to max_keyframes; when a stop rule ends the
+run earlier the total becomes what was painted, so the bar ends at 100 %. The interrupt flag is checked at
+every denoising step, so Cancel stops within one UNet evaluation. The frames come out at the painting's own
+size (or the working size), the finishing cross-fade ending on the painting itself.
 """
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
+from ..core.imaging import cross_fade
+from ..core.loop import DISTANCE_FIELDS
 from ..models.text_instruction import parse_instruction_list
 from . import comfy_bridge as cb
 from .convert import NodeInputError, image_to_uint8, mask_to_batch, uint8_to_image
 from .model_nodes import CATEGORY, MODEL_TYPE, TEXT_MODEL_TYPE
 from .step_nodes import (IMAGE_TARGET, SEED_INPUT, STEPS_INPUT, guidance_inputs, interval_input, make_sampling,
-                         scales_from)
+                         scales_from, steps_per_keyframe)
 
 START_LABEL = "(start)"  # instruction line of frame 0 (the start canvas)
 FILL_IN = {"?", "*", "auto"}  # list entries that ask the text model for that keyframe
@@ -63,6 +68,23 @@ class PlannedInstructions:
         return self.text_model.alternatives(canvas, target, count)
 
 
+FRAME_SIZES = ["painting", "working"]
+
+
+def to_painting_size(frames: list[np.ndarray], masks: torch.Tensor, finishing: list[bool], painting: np.ndarray):
+    """Frames and masks at the working size -> at the painting's size (Lanczos, masks nearest). The finishing
+    frames (the cross-fade after the stop) are mixed again at that size, from the last painted frame to the
+    painting itself, so the last one is the painting pixel for pixel."""
+    h, w = painting.shape[:2]
+    out = [f if f.shape[:2] == (h, w) else np.asarray(Image.fromarray(f).resize((w, h), Image.LANCZOS))
+           for f in frames]
+    ends = [i for i, fin in enumerate(finishing) if fin]
+    for j, i in enumerate(ends, 1):  # the loop yields them last, after the last painted frame
+        out[i] = cross_fade(out[ends[0] - 1], painting, j / len(ends))
+    big = torch.nn.functional.interpolate(masks[:, None], size=(h, w), mode="nearest")[:, 0]
+    return out, big
+
+
 def _user_masks(masks, n_max: int):
     """MASK batch -> per-keyframe list; empty (all-zero) masks let the mask generator decide."""
     if masks is None:
@@ -81,7 +103,7 @@ class InversePaintingTimelapse:
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "MASK", "STRING", "STRING")
     RETURN_NAMES = ("frames", "masks", "instructions", "timeline")
-    OUTPUT_TOOLTIPS = ("Frames [N,H,W,C]: the start canvas, then every keyframe (working size).",
+    OUTPUT_TOOLTIPS = ("Frames [N,H,W,C]: the start canvas, then every keyframe (at frame_size).",
                        "Masks [N,H,W]: the region painted in each frame (empty for the start canvas).",
                        "Instructions, one line per frame (the first line is '(start)').",
                        "JSON manifest: settings, per-keyframe instruction, mask area, distances, stop reason.")
@@ -136,13 +158,20 @@ class InversePaintingTimelapse:
                                       "cross-fade to the painting itself, so the time-lapse ends on it. -1: the "
                                       "model's choice (the bundled starter: 2; released weights: 0 = off, as the "
                                       "release)."}),
+            "frame_size": (FRAME_SIZES, {"default": FRAME_SIZES[0], "tooltip": "painting: the frames at the size "
+                           "of the target image (resized from the working size; the finishing frames end on the "
+                           "painting itself; a large painting makes large frames). working: the size the model "
+                           "painted at."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def run(self, model, target, interval, max_keyframes, seed, steps, stop_target_distance=0.1, stop_change=0.001,
             text_model=None, instructions="", masks=None, start_canvas=None, sampler=None, sigmas=None,
             threshold_ladder=True, combine_init=True, combine_ratio=0.2, difference_threshold=0.2,
-            fast_guidance=True, stop_stalled=-1, finish_frames=-1, unique_id=None, **guidance):
+            fast_guidance=True, stop_stalled=-1, finish_frames=-1, frame_size=FRAME_SIZES[0], unique_id=None,
+            **guidance):
         model.require(renderer=True)
+        if frame_size not in FRAME_SIZES:
+            raise NodeInputError(f"frame_size must be one of {FRAME_SIZES}, got {frame_size!r}")
         plan = PlannedInstructions(instructions, text_model)
         user_masks = _user_masks(masks, int(max_keyframes))
         if user_masks is None or any(m is None for m in user_masks) or len(user_masks) < int(max_keyframes):
@@ -162,19 +191,21 @@ class InversePaintingTimelapse:
         loaded = model.load()
         painter = loaded.painter
         h, w = working.size
-        n_steps = (len(sig) - 1) if sig is not None else int(steps)
-        progress = cb.Progress(int(max_keyframes) * n_steps, node_id=unique_id)
+        # progress in denoising steps: keyframes x steps, the finishing frames counting as keyframes
+        per_keyframe = steps_per_keyframe((len(sig) - 1) if sig is not None else int(steps), settings.denoise)
+        progress = cb.Progress((int(max_keyframes) + settings.finish_frames) * per_keyframe, node_id=unique_id)
         progress.set(0, start[:h, :w])
 
         def on_step(k, info):
             cb.check_interrupt()  # every denoising step
-            progress.set(k * n_steps + int(info.get("i", 0)) + 1)
+            progress.set(k * per_keyframe + min(int(info.get("i", 0)) + 1, per_keyframe))
 
         frames = [start[:h, :w]]
         mask_frames = [torch.zeros(1, h, w)]
         lines = [START_LABEL]
         records = [{"index": 0, "time_s": 0.0, "instruction": START_LABEL,
                     "source": "start canvas" if start_canvas is not None else "white canvas"}]
+        finishing = [False]
         t0 = time.monotonic()
         for kf in painter.paint(working, settings, instructions=plan, masks=user_masks, start_canvas=start,
                                 sampler=ext, sigmas=sig, step_callback=on_step):
@@ -186,8 +217,13 @@ class InversePaintingTimelapse:
             rec["instruction_source"] = "finish" if kf.finishing else (plan.sources[-1] if plan.sources else None)
             rec["elapsed_s"] = round(time.monotonic() - t0, 3)
             records.append(rec)
-            progress.set(kf.index * n_steps, frames[-1])
-        progress.set(progress.total)
+            finishing.append(bool(getattr(kf, "finishing", False)))
+            progress.set(kf.index * per_keyframe, frames[-1])
+        done = (len(frames) - 1) * per_keyframe
+        progress.set(done, total=done)  # the stop rules ended the run: what was painted is the whole bar
+        masks_out = torch.cat(mask_frames)
+        if frame_size == "painting":
+            frames, masks_out = to_painting_size(frames, masks_out, finishing, image_to_uint8(target, 0, "target"))
         timeline = {
             "format": TIMELINE_FORMAT,
             "ai_reconstruction": True,
@@ -198,10 +234,11 @@ class InversePaintingTimelapse:
             "sigmas": [round(float(s), 6) for s in sig] if sig is not None else None,
             "working_size": [h, w],
             "padded_size": list(working.hw),
+            "frame_size": list(frames[0].shape[:2]),
             "preprocessing": working.note,
             "start": records[0]["source"],
             "stop_reason": getattr(painter, "last_stop_reason", None),
+            "distances": DISTANCE_FIELDS,
             "frames": records,
         }
-        return (uint8_to_image(np.stack(frames)), torch.cat(mask_frames), "\n".join(lines),
-                json.dumps(timeline, indent=1))
+        return (uint8_to_image(np.stack(frames)), masks_out, "\n".join(lines), json.dumps(timeline, indent=1))

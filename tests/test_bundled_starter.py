@@ -63,7 +63,7 @@ def test_starter_text_model_offers_alternatives_from_its_vocabulary():
     assert text.generate(canvas, target) in answers
 
 
-@pytest.mark.parametrize("name", ["timelapse_full", "single_step", "manual_instructions", "custom_sampler"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PACK / "workflows").glob("*.json")))
 def test_example_workflows_default_to_the_starter(name):
     wf = json.loads((PACK / "workflows" / f"{name}.json").read_text())
     loaders = [n for n in wf["nodes"] if n["type"] == "InversePaintingLoader"]
@@ -71,3 +71,9 @@ def test_example_workflows_default_to_the_starter(name):
     assert all(n["widgets_values"][4:6] == ["auto", 0] for n in loaders)
     texts = [n for n in wf["nodes"] if n["type"] == "InversePaintingTextModelLoader"]
     assert all(n["widgets_values"][0] == "starter_model/TP_llava" for n in texts)
+    # the painting the pack places in ComfyUI's input folder, and a thumbnail for the template browser
+    from inverse_painting.nodes.comfy_bridge import EXAMPLE_INPUT_NAME
+
+    paintings = [n for n in wf["nodes"] if n["type"] == "LoadImage"]
+    assert paintings and all(n["widgets_values"][0] == EXAMPLE_INPUT_NAME for n in paintings)
+    assert (PACK / "workflows" / f"{name}.jpg").is_file()

@@ -115,7 +115,8 @@ def test_stop_stalled_and_finishing_keyframes(painter, target, monkeypatch):
     assert torch.equal(half.mask, region.full) and torch.equal(whole.mask_latent, region.latent)
     assert half.threshold is None and "finish" in half.ladder[0]["decision"]
     assert half.record()["finishing"] is True and "finishing" not in last.record()
-    assert whole.lpips_to_target == measured(painter.metric, reference[0], whole.image)
+    assert whole.lpips_to_reconstruction == measured(painter.metric, reference[0], whole.image)
+    assert whole.lpips_to_target == 0.0  # the painting itself
 
     frames = _run(painter, target, max_keyframes=2, settings={"finish_frames": 1})  # after max_keyframes too
     assert len(frames) == 3 and np.array_equal(frames[2].image, working.padded) and frames[2].index == 3
@@ -133,8 +134,11 @@ def test_compare_to_reconstruction(painter, target):
     trace = []
     frames = _run(painter, target, max_keyframes=1, settings={"compare_to": "reconstruction"}, trace=trace)
     k = frames[0]
-    assert k.lpips_to_target == pytest.approx(stop_rule_distance(painter.metric, recon, k.image), rel=1e-6)
-    assert k.lpips_to_target != pytest.approx(stop_rule_distance(painter.metric, working.padded, k.image), rel=1e-3)
+    # the stop rule's distance is to the reconstruction; the record's lpips_to_target is to the target itself
+    assert k.lpips_to_reconstruction == pytest.approx(stop_rule_distance(painter.metric, recon, k.image), rel=1e-6)
+    assert k.lpips_to_target == pytest.approx(stop_rule_distance(painter.metric, working.padded, k.image), rel=1e-6)
+    assert k.lpips_to_target != pytest.approx(k.lpips_to_reconstruction, rel=1e-3)
+    assert k.record()["lpips_to_reconstruction"] == round(k.lpips_to_reconstruction, 6)
     white = working.white_canvas()
     expected = compute_difference_mask(painter.metric, white, recon, 0.2, working.latent_hw).latent
     assert torch.equal(trace[0]["difference"], expected)

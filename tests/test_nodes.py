@@ -21,12 +21,13 @@ from inverse_painting.core.loading import STARTER_PAINT_DEFAULTS
 from inverse_painting.core.loop import PaintSettings
 from inverse_painting.nodes import NODE_CLASS_MAPPINGS as NODES
 from inverse_painting.nodes import comfy_bridge as cb
-from inverse_painting.nodes.convert import NodeInputError, uint8_to_image
+from inverse_painting.nodes.convert import NodeInputError, image_to_uint8, uint8_to_image
 from inverse_painting.nodes.model_nodes import InversePaintingModel, clear_cache
 
 PACK_IDS = ["InversePaintingLoader", "InversePaintingTextModelLoader", "InversePaintingTextInstruction",
             "InversePaintingDifferenceMask", "InversePaintingMaskGenerator", "InversePaintingRenderKeyframe",
-            "InversePaintingTimelapse", "InversePaintingSaveProcess", "InversePaintingTimeMap"]
+            "InversePaintingScheduler", "InversePaintingTimelapse", "InversePaintingSaveProcess",
+            "InversePaintingTimeMap", "InversePaintingEvaluate"]
 G = dict(guidance_image=2.0, guidance_canvas=1.0, guidance_time=5.0, guidance_mask=5.0, guidance_text=5.0)
 SHORT = 64  # working short side: tiny and fast
 H, W = 64, 80  # working size of the 96x120 test target at short side 64
@@ -127,6 +128,21 @@ def test_folder_registration_keeps_existing_paths(monkeypatch, tmp_path):
     del fp.folder_names_and_paths["inverse_painting"]
     assert cb.register_model_folder()
     assert fp.folder_names_and_paths["inverse_painting"][0] == [str(tmp_path / "models" / "inverse_painting")]
+
+
+def test_example_painting_is_placed_in_comfyuis_input_folder(monkeypatch, tmp_path):
+    """Inside ComfyUI the pack copies its example painting into input/ (the example workflows' Load Image name),
+    once; a file of that name is never overwritten."""
+    fake = types.ModuleType("folder_paths")
+    fake.get_input_directory = lambda: str(tmp_path / "input")
+    monkeypatch.setattr(cb, "folder_paths", lambda: fake)
+    placed = cb.place_example_painting()
+    assert placed == tmp_path / "input" / cb.EXAMPLE_INPUT_NAME
+    assert placed.read_bytes() == cb.EXAMPLE_PAINTING.read_bytes() and sorted(placed.parent.iterdir()) == [placed]
+    placed.write_bytes(b"the user's own file")
+    assert cb.place_example_painting() == placed and placed.read_bytes() == b"the user's own file"
+    monkeypatch.setattr(cb, "folder_paths", lambda: None)
+    assert cb.place_example_painting() is None  # outside ComfyUI: nothing
 
 
 def test_folder_registration_without_comfyui():
@@ -232,6 +248,79 @@ def test_difference_mask(model, target, white):
     # without a model the weights are found in the model folders; default working size 512
     m2, d2 = NODES["InversePaintingDifferenceMask"]().run(white, target, 0.5, "lpips_alex")
     _is_mask(m2, 1, 512, 640)
+    # the default metric works with and without a model: the model's own, else what can load
+    default = NODES["InversePaintingDifferenceMask"].INPUT_TYPES()["required"]["metric"][1]["default"]
+    assert default == "auto"
+    m3, _ = NODES["InversePaintingDifferenceMask"]().run(canvases, target, 0.2, default, model)
+    assert torch.equal(m3, mask)
+    m4, _ = NODES["InversePaintingDifferenceMask"]().run(white, target, 0.5, default)
+    assert torch.equal(m4, m2)  # the tiny release's lpips/ holds the AlexNet trunk: auto finds lpips_alex
+
+
+def test_metrics_without_the_alexnet_file(tmp_path, monkeypatch, release, target, white):
+    """Where no AlexNet file is installed (the bundled starter alone), auto is the shift-tolerant LPIPS, and
+    lpips_alex fails with one sentence naming where the file goes, in every node that offers it."""
+    from inverse_painting.nodes import metrics
+
+    monkeypatch.setenv("INVERSE_PAINTING_MODELS", str(tmp_path))  # an empty model folder + the bundled starter
+    assert metrics.resolve("auto") == ("stlpips_alex", None)
+    mask, dmap = NODES["InversePaintingDifferenceMask"]().run(white, target, 0.2, "auto")
+    _is_mask(mask, 1, 512, 640)
+    (starter,) = NODES["InversePaintingLoader"]().load("starter_model", "cpu", "fp32")
+    assert starter.metric_name == "stlpips_alex"
+    frames = torch.ones(2, 32, 32, 3)
+    calls = [lambda: NODES["InversePaintingDifferenceMask"]().run(white, target, 0.2, "lpips_alex"),
+             lambda: NODES["InversePaintingDifferenceMask"]().run(white, target, 0.2, "lpips_alex", starter),
+             lambda: NODES["InversePaintingTimeMap"]().run(frames, "lpips_alex", 0.2, "viridis"),
+             lambda: NODES["InversePaintingEvaluate"]().run(frames, frames, metric="lpips_alex"),
+             lambda: NODES["InversePaintingLoader"]().load("starter_model", "cpu", "fp32", perceptual_metric="lpips_alex")]
+    for call in calls:
+        with pytest.raises(FileNotFoundError) as err:
+            call()
+        message = str(err.value)
+        assert message == metrics.MISSING_LPIPS_ALEX and "models/inverse_painting/lpips/" in message
+        assert message.count(". ") == 0 and ".." not in message  # one sentence
+    # the files in the shared lpips/ folder make lpips_alex available (and auto pick it) without a model
+    import shutil
+
+    shutil.copytree(release / "lpips", tmp_path / "lpips")
+    assert metrics.resolve("auto") == ("lpips_alex", tmp_path / "lpips")
+    img, _ = NODES["InversePaintingTimeMap"]().run(frames, "lpips_alex", 0.2, "viridis")
+    _is_image(img, 1, 32, 32)
+    (again,) = NODES["InversePaintingLoader"]().load("starter_model", "cpu", "fp32")
+    assert again.metric_name == "stlpips_alex"  # a model's auto only counts its own folder: the starter keeps ST-LPIPS
+
+
+def test_standalone_metric_goes_through_comfyui_memory_management(monkeypatch, white, target):
+    """The metric used without a model is handed to ComfyUI's memory manager (ManagedModules), loaded by it
+    before every use, and never moved to the device by hand."""
+    from inverse_painting.nodes import metrics
+
+    managed = []
+
+    class Recording(cb.ManagedModules):
+        def __init__(self, modules, load_device):
+            super().__init__(modules, load_device)
+            self.loads = 0
+            managed.append(self)
+
+        def ensure_loaded(self):
+            self.loads += 1
+            return super().ensure_loaded()
+
+    monkeypatch.setattr(cb, "ManagedModules", Recording)
+    monkeypatch.setattr(metrics, "_cache", {})
+    for _ in range(2):
+        NODES["InversePaintingDifferenceMask"]().run(white, target, 0.2, "stlpips_alex")
+    assert len(managed) == 1 and managed[0].loads == 2  # cached, and loaded through the manager for each run
+    assert managed[0].bundle.parts["perceptual_metric"].metric_name == "stlpips_alex"
+    moved = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append((type(self).__name__, str(a[0])))
+                        or real_to(self, *a, **k))
+    net = metrics.standalone_metric("stlpips_alex", torch.device("meta"))  # another device: a new managed entry
+    assert managed[1].load_device == torch.device("meta") and next(net.parameters()).is_meta
+    assert [name for name, dev in moved if dev == "meta"] == ["ModuleBundle"]  # moved by the manager only
 
 
 def test_mask_generator(model, target, white):
@@ -310,6 +399,34 @@ def test_render_with_external_sampler_and_sigmas(model, target, white):
         _render(model, white, target, mask, sampler=_Sampler("sample_euler_cfg_pp"))
 
 
+def test_scheduler_node_gives_the_renderers_schedule(model, target, white):
+    """Without ComfyUI the scheduler node offers the core's three schedules on the renderer's own noise schedule
+    (inside ComfyUI: ComfyUI's scheduler functions, checked by the host suite); its SIGMAS drive Render Keyframe."""
+    from inverse_painting.core.schedule import Schedule
+
+    node = NODES["InversePaintingScheduler"]
+    spec = node.INPUT_TYPES()["required"]
+    assert spec["scheduler"][0] == ["normal", "karras", "exponential"] and spec["scheduler"][1]["default"] == "normal"
+    table = Schedule.official().train_sigmas
+    for name in spec["scheduler"][0]:
+        (sig,) = node().run(name, 10)
+        assert sig.shape == (11,) and sig.dtype == torch.float32 and float(sig[-1]) == 0.0
+        assert bool(torch.all(sig[:-1] > sig[1:]))
+        assert float(sig[0]) == pytest.approx(table[-1], rel=1e-5) and float(sig[-2]) == pytest.approx(table[0], rel=1e-5)
+    release_sigmas, _ = Schedule.official().sampling(10)
+    (normal,) = node().run("normal", 10)
+    assert torch.allclose(normal, release_sigmas, rtol=0.05)  # the release's spacing, log- instead of linear-interpolated
+    (karras,) = node().run("karras", 10)
+    assert not torch.allclose(karras, normal, rtol=0.05)
+    (tail,) = node().run("karras", 4, 0.5)  # like BasicScheduler: the last 4 steps of an 8-step schedule
+    assert torch.equal(tail, node().run("karras", 8)[0][-5:])
+    with pytest.raises(ValueError, match="unknown schedule"):
+        node().run("beta", 10)
+    mask = torch.ones(1, H, W)
+    img, _ = _render(model, white, target, mask, sampler=_Sampler(), sigmas=karras)
+    _is_image(img, 1, H, W)
+
+
 # ---------------------------------------------------------------------------------------- time-lapse
 
 
@@ -330,7 +447,8 @@ def _timelapse(model, target, **kw):
 
 
 def test_timelapse_outputs(model, target):
-    frames, masks, instructions, timeline = _timelapse(model, target, instructions="sky\nmountains | trees")
+    frames, masks, instructions, timeline = _timelapse(model, target, instructions="sky\nmountains | trees",
+                                                       frame_size="working")
     _is_image(frames, 3, H, W)
     _is_mask(masks, 3, H, W)
     assert float(frames[0].min()) == 1.0  # white start canvas
@@ -339,8 +457,17 @@ def test_timelapse_outputs(model, target):
     tl = json.loads(timeline)
     assert tl["ai_reconstruction"] is True and tl["stop_reason"] == "max_keyframes"
     assert [f["index"] for f in tl["frames"]] == [0, 1, 2]
-    assert tl["frames"][2]["time_s"] == 40.0 and tl["working_size"] == [H, W]
+    assert tl["frames"][2]["time_s"] == 40.0 and tl["working_size"] == tl["frame_size"] == [H, W]
     assert tl["settings"]["seed"] == 3 and tl["settings"]["steps"] == 2
+    # the manifest says what each distance measures; a release compares with the target itself
+    assert set(tl["distances"]) >= {"lpips_to_target", "lpips_change"} and tl["model"]["perceptual_metric"]
+    assert all("lpips_to_target" in f and "lpips_to_reconstruction" not in f for f in tl["frames"][1:])
+    big, big_masks, _, big_tl = _timelapse(model, target, instructions="sky\nmountains | trees")
+    _is_image(big, 3, 96, 120)  # the default: the painting's own size
+    _is_mask(big_masks, 3, 96, 120)
+    assert json.loads(big_tl)["frame_size"] == [96, 120]
+    with pytest.raises(NodeInputError, match="frame_size"):
+        _timelapse(model, target, instructions="sky", frame_size="huge")
 
 
 def test_timelapse_text_model_fills_in(model, target):
@@ -374,18 +501,53 @@ def test_planned_instructions_offer_the_text_models_alternatives():
 def test_timelapse_finishing_frames(model, target):
     """finish_frames: after the stop, frames cross-fading to the target (the last one the target); -1 keeps the
     model's choice (a release: none)."""
-    frames, masks, instructions, timeline = _timelapse(model, target, instructions="sky", finish_frames=2)
+    frames, masks, instructions, timeline = _timelapse(model, target, instructions="sky", finish_frames=2,
+                                                       frame_size="working")
     assert frames.shape[0] == 5 and masks.shape[0] == 5
     assert instructions.split("\n") == ["(start)", "sky", "sky", "(finish)", "(finish)"]
     tl = json.loads(timeline)
     assert [f.get("instruction_source") for f in tl["frames"][1:]] == ["list", "list (repeated)", "finish", "finish"]
     assert tl["settings"]["finish_frames"] == 2 and tl["frames"][4]["finishing"] is True
-    from inverse_painting.nodes.convert import image_to_uint8
-
     painting = model.working(image_to_uint8(target, 0, "target")).padded[:H, :W]  # the target at working size
     assert torch.equal(frames[4], torch.from_numpy(painting).float() / 255)
     assert not torch.equal(frames[3], frames[4]) and not torch.equal(frames[3], frames[2])
+    assert tl["frames"][4]["lpips_to_target"] == 0.0  # it is the painting
     assert _timelapse(model, target, instructions="sky")[0].shape[0] == 3  # -1: the model's choice, none here
+    # at the painting's size the time-lapse ends on the painting itself, pixel for pixel
+    big, big_masks, _, _ = _timelapse(model, target, instructions="sky", finish_frames=2)
+    painting = torch.from_numpy(image_to_uint8(target, 0, "target")).float() / 255
+    assert big.shape == (5, 96, 120, 3) and torch.equal(big[4], painting)
+    halfway = (big[2] * 255 + painting * 255) / 2  # the first finishing frame: half way from the last painted one
+    assert (big[3] * 255 - halfway).abs().max() <= 0.51
+    assert big_masks.shape == (5, 96, 120)
+
+
+def test_timelapse_progress_ends_at_100_percent_and_checks_interrupts(model, target, monkeypatch):
+    """The bar counts keyframes x denoising steps; when a stop rule ends the run early the total becomes what was
+    painted, so it ends full; Cancel is checked at every denoising step."""
+    bars, interrupts = [], []
+
+    class Bar(cb.Progress):
+        def __init__(self, total, node_id=None):
+            super().__init__(total, node_id)
+            self.history = [(self.value, self.total)]
+            bars.append(self)
+
+        def set(self, value, preview=None, total=None):
+            super().set(value, preview, total)
+            self.history.append((self.value, self.total))
+
+    monkeypatch.setattr(cb, "Progress", Bar)
+    monkeypatch.setattr(cb, "check_interrupt", lambda: interrupts.append(1))
+    _timelapse(model, target, max_keyframes=5, steps=3, instructions="sky", stop_target_distance=10.0)
+    history = bars[-1].history
+    assert history[0] == (0, 5 * 3)  # up to max_keyframes x steps
+    assert history[-1] == (3, 3)  # stopped after one keyframe: the bar ends full
+    values = [v for v, _ in history]
+    assert values == sorted(values) and len(set(values)) == 4  # 0, then each of the 3 denoising steps
+    assert len(interrupts) >= 3
+    _timelapse(model, target, max_keyframes=2, steps=3, instructions="sky", finish_frames=1)
+    assert bars[-1].history[0] == (0, (2 + 1) * 3) and bars[-1].history[-1] == (9, 9)
 
 
 def test_timelapse_start_canvas_and_user_masks(model, target):
@@ -393,7 +555,8 @@ def test_timelapse_start_canvas_and_user_masks(model, target):
     start[..., 0] = 0.5
     user = torch.zeros(2, H, W)
     user[0, 5:20, 5:20] = 1  # keyframe 0: hand-drawn; keyframe 1: empty -> mask generator
-    frames, masks, _, tl = _timelapse(model, target, start_canvas=start, masks=user, instructions="sky")
+    frames, masks, _, tl = _timelapse(model, target, start_canvas=start, masks=user, instructions="sky",
+                                      frame_size="working")
     assert abs(float(frames[0, ..., 0].mean()) - 0.5) < 0.01 and float(frames[0, ..., 1].max()) == 0
     expected = torch.zeros(H, W)
     expected[0:24, 0:24] = 1  # snapped to the 8x8 grid the renderer was trained on
@@ -550,3 +713,13 @@ def test_example_workflows_are_consistent(name):
                         if is_widget(spec))
         assert len(node["widgets_values"]) == n_widgets, f"{name}: node {node['id']} ({node['type']})"
         assert node["outputs"] and [o["type"] for o in node["outputs"]] == info[node["type"]]["output"]
+    # the layout: no two nodes (title bar included) overlap; each node is at least as large as its rows
+    from workflow_tools import TITLE_H, node_size
+
+    boxes = [(n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0], n["size"][1] + TITLE_H, n["id"]) for n in ui["nodes"]]
+    for i, (x1, y1, w1, h1, a) in enumerate(boxes):
+        for x2, y2, w2, h2, b in boxes[i + 1:]:
+            assert not (x1 < x2 + w2 and x2 < x1 + w1 and y1 < y2 + h2 and y2 < y1 + h1), f"{name}: {a} over {b}"
+    for node in ui["nodes"]:
+        if node["type"] in info:
+            assert node["size"][1] >= node_size(node["type"], info[node["type"]])[1], f"{name}: node {node['id']}"

@@ -3,11 +3,12 @@
 Only the standard library is used here (urllib, subprocess), so the test interpreter needs
 nothing from ComfyUI; the server runs under its own interpreter (COMFYUI_PYTHON).
 
-Layout of the base directory made by :func:`make_base_dir` (ComfyUI's ``--base-directory``):
+Layout of the base directory made by :func:`make_base_dir` (ComfyUI's ``--base-directory``), as a fresh
+install has it: the pack, and nothing else; the pack lists its bundled starter model and places its example
+painting in input/ itself when ComfyUI loads it.
 
     custom_nodes/comfyui-inverse-painting  -> symlink (or copy) of this repository
-    models/inverse_painting/<release>/     the tiny model release (copied), + TP_llava/ (tiny LLaVA)
-    input/                                 test images
+    input/                                 test images (+ inverse_painting_example.png, placed by the pack)
     output/, temp/, user/                  written by ComfyUI
 """
 from __future__ import annotations
@@ -29,8 +30,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "comfyui-inverse-painting"
-RELEASE_NAME = "inverse_painting_release"  # the name the example workflows use
+STARTER = "starter_model"  # the bundled model the example workflows use
 MODEL_FOLDER = "inverse_painting"
+MIN_VERSION = (0, 3, 64)  # the oldest ComfyUI the suite is run against (also run on 0.28.0)
 
 # Node ids of the pack (stable: saved workflows reference them).
 PACK_NODE_IDS = (
@@ -40,12 +42,14 @@ PACK_NODE_IDS = (
     "InversePaintingDifferenceMask",
     "InversePaintingMaskGenerator",
     "InversePaintingRenderKeyframe",
+    "InversePaintingScheduler",
     "InversePaintingTimelapse",
     "InversePaintingSaveProcess",
     "InversePaintingTimeMap",
+    "InversePaintingEvaluate",
 )
 PACK_CATEGORY = "Inverse Painting"
-TARGET_IMAGE = "painting.png"  # 512x550 test painting (parity case f_loop); the workflows load it
+EXAMPLE_IMAGE = "inverse_painting_example.png"  # placed in input/ by the pack; the example workflows load it
 SMALL_IMAGE = "ip_small.png"    # 96x80 synthetic gradient for fast core-node checks
 
 
@@ -57,14 +61,19 @@ class ComfyError(RuntimeError):
         self.payload = payload
 
 
-def find_parity_dir() -> Path | None:
-    """The shared parity fixtures: $INVERSE_PAINTING_PARITY_DIR, else shared/parity beside or in the repo."""
-    candidates = [Path(v) for v in (os.environ.get("INVERSE_PAINTING_PARITY_DIR"), os.environ.get("PARITY_DIR")) if v]
-    candidates += [REPO_ROOT / "shared" / "parity", REPO_ROOT.parent / "shared" / "parity"]
-    for c in candidates:
-        if (c / "release").is_dir():
-            return c
-    return None
+def parse_version(text: str) -> tuple[int, ...]:
+    """'0.28.0' -> (0, 28, 0); a suffix after the numbers ('0.3.64-rc1') is ignored."""
+    import re
+
+    parts = []
+    for p in text.split("."):
+        m = re.match(r"\d+", p)
+        if m is None:
+            break
+        parts.append(int(m.group()))
+        if m.end() < len(p):
+            break
+    return tuple(parts)
 
 
 def free_port() -> int:
@@ -73,9 +82,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_base_dir(base: Path, release_src: Path | None, images: dict[str, Path] | None = None,
+def make_base_dir(base: Path, release_src: Path | None = None, images: dict[str, Path] | None = None,
                   link_pack: bool = True) -> Path:
-    """Populate a ComfyUI base directory (see module docstring)."""
+    """Populate a ComfyUI base directory (see module docstring); ``release_src``: an extra model folder."""
     base.mkdir(parents=True, exist_ok=True)
     # ComfyUI's prestartup scan lists custom_nodes/ and crashes if it is missing.
     (base / "custom_nodes").mkdir(exist_ok=True)
@@ -89,7 +98,7 @@ def make_base_dir(base: Path, release_src: Path | None, images: dict[str, Path] 
             shutil.copytree(REPO_ROOT, pack, ignore=shutil.ignore_patterns(
                 ".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", "out", "output"))
     if release_src is not None:
-        dst = base / "models" / MODEL_FOLDER / RELEASE_NAME
+        dst = base / "models" / MODEL_FOLDER / release_src.name
         if not dst.exists():
             shutil.copytree(release_src, dst)
             # the shared fixtures are read-only; ComfyUI (or a converter) may want to write beside them
@@ -199,6 +208,14 @@ class ComfyServer:
             return status, json.loads(raw) if raw else None
         except ValueError:
             return status, raw.decode(errors="replace")
+
+    def get_bytes(self, path: str, timeout: float = 30.0) -> tuple[int, str, bytes]:
+        """(HTTP status, content type, body) of a GET, for files (thumbnails, images)."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type", ""), e.read()
 
     def get(self, path: str, timeout: float = 30.0):
         status, body = self.request("GET", path, timeout=timeout)
@@ -379,9 +396,8 @@ if __name__ == "__main__":  # manual use: python tests/host/comfy_host.py  (serv
     import tempfile
 
     cp = os.environ.get("COMFYUI_PATH") or sys.exit("set COMFYUI_PATH")
-    parity = find_parity_dir()
     base = Path(tempfile.mkdtemp(prefix="comfy_base_"))
-    make_base_dir(base, parity / "release" if parity else None)
+    make_base_dir(base)
     srv = ComfyServer(Path(cp), os.environ.get("COMFYUI_PYTHON", sys.executable), base,
                       port=int(os.environ.get("COMFYUI_PORT", "8199")))
     def _on_term(*_):

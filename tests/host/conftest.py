@@ -2,7 +2,9 @@
 
 Everything under tests/host/ is skipped unless COMFYUI_PATH points at a ComfyUI checkout
 (a folder with main.py). COMFYUI_PYTHON selects the interpreter that runs the server
-(default: the interpreter running pytest); see tests/host/README.md.
+(default: the interpreter running pytest); see tests/host/README.md. The server's base directory is
+a fresh install's: the pack in custom_nodes/ and nothing else (the pack brings its starter model and
+places its example painting in input/).
 """
 from __future__ import annotations
 
@@ -16,9 +18,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # lets the test modules `import comfy_host` in any import mode
     sys.path.insert(0, str(HERE))
 
-from comfy_host import (  # noqa: E402
-    RELEASE_NAME, SMALL_IMAGE, TARGET_IMAGE, ComfyServer, find_parity_dir, make_base_dir,
-)
+from comfy_host import SMALL_IMAGE, ComfyServer, make_base_dir  # noqa: E402
 
 
 def _comfy_path() -> Path | None:
@@ -47,39 +47,14 @@ def _write_small_image(path: Path) -> None:
     Image.fromarray(img).save(path)
 
 
-def _add_tiny_llava(dest: Path, work: Path) -> None:
-    """A tiny random LLaVA in the released TP_llava layout (vision tower saved inside), ~1 s to build."""
-    try:
-        sys.path.insert(0, str(HERE.parent))
-        import tiny_llava
-    except ImportError:
-        return  # text-model workflows then fail with a clear "not found" message
-    made = tiny_llava.make_all(str(work))
-    import shutil
-
-    shutil.copytree(made["orig_with_tower"], dest)
-
-
 @pytest.fixture(scope="session")
-def parity_dir() -> Path | None:
-    return find_parity_dir()
-
-
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, parity_dir):
+def comfy_server(tmp_path_factory):
     comfy_path = _comfy_path()
     if comfy_path is None:
         pytest.skip("COMFYUI_PATH not set")
     base = tmp_path_factory.mktemp("comfy_base")
-    images = {}
-    if parity_dir is not None:
-        images[TARGET_IMAGE] = parity_dir / "cases" / "f_loop" / "target.png"
-    make_base_dir(base, parity_dir / "release" if parity_dir else None, images,
-                  link_pack=os.environ.get("COMFYUI_COPY_PACK") != "1")
+    make_base_dir(base, link_pack=os.environ.get("COMFYUI_COPY_PACK") != "1")
     _write_small_image(base / "input" / SMALL_IMAGE)
-    if parity_dir is not None:
-        _add_tiny_llava(base / "models" / "inverse_painting" / RELEASE_NAME / "TP_llava",
-                        tmp_path_factory.mktemp("tiny_llava"))
     server = ComfyServer(comfy_path, os.environ.get("COMFYUI_PYTHON", sys.executable), base)
     server.start(timeout=float(os.environ.get("COMFYUI_START_TIMEOUT", "240")))
     yield server
@@ -87,15 +62,8 @@ def comfy_server(tmp_path_factory, parity_dir):
 
 
 @pytest.fixture(scope="session")
-def release_name(comfy_server, parity_dir) -> str:
-    if parity_dir is None:
-        pytest.skip("tiny model release not found (shared/parity or INVERSE_PAINTING_PARITY_DIR)")
-    return RELEASE_NAME
-
-
-@pytest.fixture(scope="session")
 def pack_nodes(comfy_server) -> dict:
-    """object_info of the pack's nodes; skips dependent tests when the pack failed to load."""
+    """object_info of the pack's nodes; fails dependent tests when the pack failed to load."""
     info = comfy_server.object_info()
     mine = {k: v for k, v in info.items() if k.startswith("InversePainting")}
     if not mine:

@@ -2,9 +2,9 @@
 # Prepare a Python venv that can run a ComfyUI checkout headless on CPU, with this pack.
 #
 # Usage:  tests/host/setup_comfyui.sh COMFYUI_PATH VENV_PATH
-#   COMFYUI_PATH  an existing ComfyUI checkout (tested: v0.3.64, commit a125cd84). This script
-#                 never downloads ComfyUI: clone the ComfyUI repository (Comfy-Org/ComfyUI on
-#                 GitHub) yourself and check out the tag v0.3.64.
+#   COMFYUI_PATH  an existing ComfyUI checkout (tested: v0.3.64, commit a125cd84, and 0.28.0, commit
+#                 66655153 of the kaalibro/ComfyUI snapshot; see tests/host/README.md). This script never
+#                 downloads ComfyUI: get the checkout yourself.
 #   VENV_PATH     venv to create (or reuse); keep it outside the repository.
 # Environment:
 #   PYTHON=python3        interpreter used to create the venv (3.10+; tested 3.11.7)

@@ -1,17 +1,32 @@
 """Smoke tests on a real ComfyUI server: it starts, runs core nodes, and lists this pack's nodes."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_host import PACK_CATEGORY, PACK_DIR_NAME, PACK_NODE_IDS, SMALL_IMAGE
+from comfy_host import (EXAMPLE_IMAGE, MIN_VERSION, PACK_CATEGORY, PACK_DIR_NAME, PACK_NODE_IDS, REPO_ROOT, SMALL_IMAGE,
+                        parse_version)
+
+
+def test_version_parsing():
+    assert parse_version("0.3.64") == (0, 3, 64) < parse_version("0.28.0") == (0, 28, 0)
+    assert parse_version("0.3.64-rc1") == (0, 3, 64) and parse_version("1.0") == (1, 0) > MIN_VERSION
 
 
 def test_server_answers(comfy_server):
     stats = comfy_server.get("/system_stats")
-    assert stats["system"]["comfyui_version"].startswith("0.3.")
+    assert parse_version(stats["system"]["comfyui_version"]) >= MIN_VERSION, stats["system"]["comfyui_version"]
     assert stats["devices"][0]["type"] == "cpu"
+
+
+def test_pack_places_its_example_painting(comfy_server):
+    """A fresh install: the pack copied its example painting into input/, where the workflows' Load Image looks."""
+    placed = comfy_server.base_dir / "input" / EXAMPLE_IMAGE
+    assert placed.read_bytes() == (REPO_ROOT / "assets" / "example.png").read_bytes()
+    assert EXAMPLE_IMAGE in json.dumps(comfy_server.object_info("LoadImage")["input"]["required"]["image"])
 
 
 def test_core_workflow_runs(comfy_server):
