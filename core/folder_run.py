@@ -42,8 +42,8 @@ def _images_in(folder: Path) -> list[Path]:
 def expand_inputs(items: list[str]) -> tuple[list[Path], bool]:
     """Command-line image arguments -> (image paths, folder mode). One existing file is a single painting; a folder
     (its images, not its sub-folders), a glob (``**`` recurses) or several arguments make a folder run."""
-    if len(items) == 1 and Path(items[0]).is_file():
-        return [Path(items[0])], False
+    if len(items) == 1 and Path(items[0]).exists() and not Path(items[0]).is_dir():
+        return [Path(items[0])], False  # one painting (a device or pipe is refused by name when read)
     paths: list[Path] = []
     for item in items:
         p = Path(item)

@@ -21,10 +21,10 @@ from ..core.imaging import cross_fade
 from ..core.loop import DISTANCE_FIELDS
 from ..models.text_instruction import parse_instruction_list
 from . import comfy_bridge as cb
-from .convert import NodeInputError, image_to_uint8, mask_to_batch, uint8_to_image
+from .convert import NodeInputError, image_batch_size, image_to_uint8, mask_to_batch, uint8_to_image
 from .model_nodes import CATEGORY, MODEL_TYPE, TEXT_MODEL_TYPE
-from .step_nodes import (IMAGE_TARGET, SEED_INPUT, STEPS_INPUT, guidance_inputs, interval_input, make_sampling,
-                         scales_from, steps_per_keyframe)
+from .step_nodes import (SEED_INPUT, STEPS_INPUT, guidance_inputs, interval_input, make_sampling, scales_from,
+                         steps_per_keyframe)
 
 START_LABEL = "(start)"  # instruction line of frame 0 (the start canvas)
 FILL_IN = {"?", "*", "auto"}  # list entries that ask the text model for that keyframe
@@ -98,11 +98,14 @@ class InversePaintingTimelapse:
     DESCRIPTION = ("Reconstructs a painting process: from a blank (or given) canvas to the target, one keyframe "
                    "per interval, until the result is close to the target, stops changing (or improving), or "
                    "max_keyframes; then optional frames cross-fading to the painting itself. "
-                   "Returns the frames (first = start canvas), the masks, the instructions and a JSON timeline.")
+                   "Returns the frames (first = start canvas), the masks, the instructions and a JSON timeline. A batch "
+                   "of targets is painted one after the other, one output item per painting (a Save node after it "
+                   "writes a folder each).")
     CATEGORY = CATEGORY
     FUNCTION = "run"
     RETURN_TYPES = ("IMAGE", "MASK", "STRING", "STRING")
     RETURN_NAMES = ("frames", "masks", "instructions", "timeline")
+    OUTPUT_IS_LIST = (True, True, True, True)  # one item per painting of the target batch
     OUTPUT_TOOLTIPS = ("Frames [N,H,W,C]: the start canvas, then every keyframe (at frame_size).",
                        "Masks [N,H,W]: the region painted in each frame (empty for the start canvas).",
                        "Instructions, one line per frame (the first line is '(start)').",
@@ -112,7 +115,8 @@ class InversePaintingTimelapse:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (MODEL_TYPE, {"tooltip": "From Load Inverse Painting (renderer + mask generator)."}),
-            "target": IMAGE_TARGET,
+            "target": ("IMAGE", {"tooltip": "The finished painting being reconstructed; a batch of them is painted "
+                                            "one after the other (one output item each)."}),
             "interval": interval_input(),
             "max_keyframes": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "Upper bound on the number "
                                       "of keyframes (the stop rules usually end earlier)."}),
@@ -136,7 +140,8 @@ class InversePaintingTimelapse:
             "masks": ("MASK", {"tooltip": "Optional per-keyframe masks (batch index = keyframe). An empty mask lets "
                                           "the mask generator decide for that keyframe."}),
             "start_canvas": ("IMAGE", {"tooltip": "Start from this image instead of a white canvas (a toned ground, "
-                                                  "a sketch, a partly finished painting)."}),
+                                                  "a sketch, a partly finished painting); one for every painting, "
+                                                  "or one each."}),
             "sampler": ("SAMPLER", {"tooltip": "Optional ComfyUI KSAMPLER. Default: the release's Euler ancestral."}),
             "sigmas": ("SIGMAS", {"tooltip": "Optional noise schedule used for every keyframe. Default: the "
                                              "release's schedule with 'steps' steps."}),
@@ -185,26 +190,49 @@ class InversePaintingTimelapse:
             stop_target_distance=float(stop_target_distance), stop_change=float(stop_change),
             **{k: int(v) for k, v in (("stop_stalled", stop_stalled), ("finish_frames", finish_frames)) if v >= 0})
 
-        working = model.working(image_to_uint8(target, 0, "target"))  # inputs checked before the models load
-        start = working.fit(image_to_uint8(start_canvas, 0, "start_canvas"), "start_canvas") \
-            if start_canvas is not None else working.white_canvas()
-        loaded = model.load()
-        painter = loaded.painter
-        h, w = working.size
-        # progress in denoising steps: keyframes x steps, the finishing frames counting as keyframes
+        count = image_batch_size(target, "target")
+        starts = image_batch_size(start_canvas, "start_canvas") if start_canvas is not None else 0
+        if starts not in (0, 1, count):
+            raise NodeInputError(f"start_canvas: {starts} images for {count} paintings (give one, or one each)")
+        jobs = []  # every painting checked before the models load
+        for i in range(count):
+            name = "target" if count == 1 else f"target {i + 1} of {count}"
+            painting = image_to_uint8(target, i, "target")
+            working = model.working(painting, name)
+            start = working.white_canvas() if not starts else working.fit(
+                image_to_uint8(start_canvas, min(i, starts - 1), "start_canvas"), "start_canvas")
+            jobs.append((painting, working, start))
+        painter = model.load().painter
+        # progress in denoising steps: paintings x keyframes x steps, the finishing frames counting as keyframes
         per_keyframe = steps_per_keyframe((len(sig) - 1) if sig is not None else int(steps), settings.denoise)
-        progress = cb.Progress((int(max_keyframes) + settings.finish_frames) * per_keyframe, node_id=unique_id)
-        progress.set(0, start[:h, :w])
+        per_painting = (int(max_keyframes) + settings.finish_frames) * per_keyframe
+        progress = cb.Progress(count * per_painting, node_id=unique_id)
+        outputs: list[tuple] = []
+        for i, (painting, working, start) in enumerate(jobs):
+            plan.sources.clear()
+            outputs.append(self._paint_one(model, painter, settings, plan, user_masks, ext, sig, sampler, painting,
+                                           working, start, start_canvas is not None, frame_size, progress,
+                                           per_keyframe, per_painting * (count - i - 1)))
+        # one item per painting (ComfyUI runs the nodes downstream once per item: a Save node writes a folder each)
+        return tuple(list(column) for column in zip(*outputs))
+
+    def _paint_one(self, model, painter, settings, plan, user_masks, ext, sig, sampler, painting, working, start,
+                   given_start, frame_size, progress, per_keyframe, still_to_come):
+        """One painting: (frames, masks, instructions, timeline); ``progress`` goes on from where it stands,
+        with ``still_to_come`` steps of the later paintings after this one."""
+        h, w = working.size
+        base = progress.value
+        progress.set(base, start[:h, :w])
 
         def on_step(k, info):
             cb.check_interrupt()  # every denoising step
-            progress.set(k * per_keyframe + min(int(info.get("i", 0)) + 1, per_keyframe))
+            progress.set(base + k * per_keyframe + min(int(info.get("i", 0)) + 1, per_keyframe))
 
         frames = [start[:h, :w]]
         mask_frames = [torch.zeros(1, h, w)]
         lines = [START_LABEL]
         records = [{"index": 0, "time_s": 0.0, "instruction": START_LABEL,
-                    "source": "start canvas" if start_canvas is not None else "white canvas"}]
+                    "source": "start canvas" if given_start else "white canvas"}]
         finishing = [False]
         t0 = time.monotonic()
         for kf in painter.paint(working, settings, instructions=plan, masks=user_masks, start_canvas=start,
@@ -218,12 +246,13 @@ class InversePaintingTimelapse:
             rec["elapsed_s"] = round(time.monotonic() - t0, 3)
             records.append(rec)
             finishing.append(bool(getattr(kf, "finishing", False)))
-            progress.set(kf.index * per_keyframe, frames[-1])
-        done = (len(frames) - 1) * per_keyframe
-        progress.set(done, total=done)  # the stop rules ended the run: what was painted is the whole bar
+            progress.set(base + kf.index * per_keyframe, frames[-1])
+        done = base + (len(frames) - 1) * per_keyframe
+        # the stop rules ended this painting: what was painted is its whole part of the bar
+        progress.set(done, total=done + still_to_come)
         masks_out = torch.cat(mask_frames)
         if frame_size == "painting":
-            frames, masks_out = to_painting_size(frames, masks_out, finishing, image_to_uint8(target, 0, "target"))
+            frames, masks_out = to_painting_size(frames, masks_out, finishing, painting)
         timeline = {
             "format": TIMELINE_FORMAT,
             "ai_reconstruction": True,
@@ -241,4 +270,4 @@ class InversePaintingTimelapse:
             "distances": DISTANCE_FIELDS,
             "frames": records,
         }
-        return (uint8_to_image(np.stack(frames)), masks_out, "\n".join(lines), json.dumps(timeline, indent=1))
+        return uint8_to_image(np.stack(frames)), masks_out, "\n".join(lines), json.dumps(timeline, indent=1)

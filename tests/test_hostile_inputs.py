@@ -61,7 +61,8 @@ class Evil:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_release):
     d = tmp_path_factory.mktemp("hostile")
-    f = {"painting": _painting(d / "painting.png"), "release": tiny_release, "missing": d / "nope.png"}
+    f = {"painting": _painting(d / "painting.png"), "release": tiny_release, "missing": d / "nope.png",
+         "device": Path("/dev/null")}
     (d / "folder.png").mkdir()
     f["folder"] = d / "folder.png"
     (d / "text.png").write_text("not an image")
@@ -146,7 +147,9 @@ def _write(rel_path: str, text: str):
 CLI_CASES = [
     # images
     ("image missing", lambda f, t, o: _paint(f, "--out", o, image="missing"), None, 2, ["nope.png", "no such file"]),
-    ("image is a folder", lambda f, t, o: _paint(f, "--out", o, image="folder"), None, 2, ["not a regular file"]),
+    ("image is a folder without images", lambda f, t, o: _paint(f, "--out", o, image="folder"), None, 2,
+     ["folder.png", "no image"]),
+    ("image is a device", lambda f, t, o: _paint(f, "--out", o, image="device"), None, 2, ["not a regular file"]),
     ("text file named .png", lambda f, t, o: _paint(f, "--out", o, image="text"), None, 2, ["text.png", "cannot read"]),
     ("truncated png", lambda f, t, o: _paint(f, "--out", o, image="truncated"), None, 2, ["truncated.png"]),
     ("1x1 image", lambda f, t, o: _paint(f, "--out", o, image="tiny"), None, 2, ["1x1", "at least 64"]),

@@ -440,10 +440,17 @@ class _FakeText:
         return f"thing {keyframe_index}"
 
 
-def _timelapse(model, target, **kw):
+def _timelapse_items(model, target, **kw):
     args = dict(interval=20.0, max_keyframes=2, seed=3, steps=2, stop_target_distance=0.0, stop_change=0.0)
     args.update(kw)
     return NODES["InversePaintingTimelapse"]().run(model, target, **args, **G)
+
+
+def _timelapse(model, target, **kw):
+    """One painting: the node's outputs are lists of one item."""
+    outputs = _timelapse_items(model, target, **kw)
+    assert all(isinstance(o, list) and len(o) == 1 for o in outputs)
+    return tuple(o[0] for o in outputs)
 
 
 def test_timelapse_outputs(model, target):
@@ -548,6 +555,30 @@ def test_timelapse_progress_ends_at_100_percent_and_checks_interrupts(model, tar
     assert len(interrupts) >= 3
     _timelapse(model, target, max_keyframes=2, steps=3, instructions="sky", finish_frames=1)
     assert bars[-1].history[0] == (0, (2 + 1) * 3) and bars[-1].history[-1] == (9, 9)
+
+
+def test_timelapse_paints_a_batch_one_painting_after_the_other(model, target, monkeypatch):
+    """A target batch of two: one output item each, each the time-lapse that painting gets alone; one bar over both,
+    ending full."""
+    other = torch.flip(target, dims=[2])
+    alone = [_timelapse(model, t, instructions="sky | land", frame_size="working") for t in (target, other)]
+    bars = []
+
+    class Bar(cb.Progress):
+        def __init__(self, total, node_id=None):
+            super().__init__(total, node_id)
+            bars.append(self)
+
+    monkeypatch.setattr(cb, "Progress", Bar)
+    frames, masks, instructions, timelines = _timelapse_items(model, torch.cat([target, other]),
+                                                              instructions="sky | land", frame_size="working")
+    assert len(frames) == len(masks) == len(instructions) == len(timelines) == 2
+    for i in range(2):
+        assert torch.equal(frames[i], alone[i][0]) and torch.equal(masks[i], alone[i][1])
+        assert instructions[i] == alone[i][2]
+    assert len(bars) == 1 and bars[0].value == bars[0].total
+    with pytest.raises(NodeInputError, match="start_canvas: 3 images for 2 paintings"):
+        _timelapse_items(model, torch.cat([target, other]), instructions="sky", start_canvas=torch.rand(3, 8, 8, 3))
 
 
 def test_timelapse_start_canvas_and_user_masks(model, target):
