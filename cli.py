@@ -4,6 +4,7 @@
     inverse-painting parity FIXTURE_DIR          # one line per case, exit 1 on any failure
     inverse-painting convert DIR_OR_CKPT         # .ckpt -> .safetensors beside it
     inverse-painting tiny-release OUT            # a random release in the real formats (tests, demos)
+    inverse-painting rehearsal-release OUT       # a FULL-SIZE random release (rehearsing memory and speed)
     inverse-painting evaluate GENERATED REAL     # the paper's metrics (see evaluation/)
     inverse-painting train SUBCOMMAND ...        # data preparation and trainers (see training/README.md)
 
@@ -127,6 +128,24 @@ def cmd_tiny_release(args) -> int:
     return 0
 
 
+def cmd_rehearsal_release(args) -> int:
+    from .core.rehearsal_release import PARTS, check_release, write_rehearsal_release
+
+    if not args.check_only:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()) and not (out / "README.txt").is_file():
+            print(f"error: {out} exists and is not a rehearsal release: choose another folder", file=sys.stderr)
+            return 2
+        write_rehearsal_release(out, seed=args.seed, llava_layers=args.llava_layers, shard_gb=args.shard_gb,
+                                parts=args.parts or PARTS)
+    problems = check_release(args.out, args.manifests)
+    for line in problems:
+        print(f"MISMATCH {line}")
+    print("release matches" + (" the manifests" if args.manifests else " the loaders") if not problems
+          else f"{len(problems)} mismatch(es)")
+    return 1 if problems else 0
+
+
 def cmd_evaluate(argv) -> int:
     from .evaluation.cli import main as evaluate_main
 
@@ -203,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_release)
+    reh = sub.add_parser("rehearsal-release", help="write a FULL-SIZE random release (the released files, keys, "
+                         "shapes and dtypes; about 15 GB with --llava-layers 4) and check it")
+    reh.add_argument("out")
+    reh.add_argument("--llava-layers", type=int, default=32,
+                     help="LLaVA decoder layers at full width (32 = the release; 4 fits a 24 GB machine)")
+    reh.add_argument("--shard-gb", type=float, default=10.0, help="largest LLaVA weight shard (GB)")
+    reh.add_argument("--seed", type=int, default=0)
+    reh.add_argument("--parts", nargs="*", choices=["base", "clip", "renderer", "mask_generator", "text_model",
+                                                     "lpips"], help="write only these parts")
+    reh.add_argument("--manifests", help="folder of the reference key manifests (shared/reference/manifests): "
+                                         "compare every file's names, shapes and dtypes with them")
+    reh.add_argument("--check-only", action="store_true", help="only check an existing folder")
+    reh.set_defaults(func=cmd_rehearsal_release)
     sub.add_parser("evaluate", help="the paper's metrics: evaluate GENERATED REAL [options]", add_help=False)
     sub.add_parser("train", help="training kit: synth, ingest, ground-truth, train-*, assemble", add_help=False)
     return p
