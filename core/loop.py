@@ -51,6 +51,9 @@ class PaintSettings:
     seed: int = 1
     scales: GuidanceScales = field(default_factory=GuidanceScales)
     fast_guidance: bool = True  # skip zero-weight guidance branches (equal to float tolerance)
+    sampler: str = "euler_ancestral"  # core.sampling.SAMPLERS; the release: euler_ancestral
+    # guidance only for sigmas in [lo, hi], one fully conditioned pass elsewhere; the release: None (always)
+    guidance_interval: tuple[float, float] | None = None
     difference_threshold: float = DIFFERENCE_THRESHOLD
     threshold_ladder: bool = True
     combine_init: bool = True
@@ -326,7 +329,8 @@ class Painter:
             result = self.renderer.render(
                 conds, noise, settings.steps, settings.scales, settings.fast_guidance,
                 prev_latents if combine else None, settings.combine_ratio,
-                sampler=sampler, sigmas=sigmas, callback=cb, start_latents=start, denoise=settings.denoise)
+                sampler=sampler, sigmas=sigmas, callback=cb, start_latents=start, denoise=settings.denoise,
+                sampler_name=settings.sampler, guidance_interval=settings.guidance_interval)
             image = paste_unmasked(canvas, result.image, chosen.mask_full) if settings.keep_unmasked else result.image
             change = stop_rule_distance(self.metric, canvas, image)
             dist = stop_rule_distance(self.metric, reference, image)
