@@ -48,7 +48,9 @@ def cmd_paint(args) -> int:
     from .core.export import write_process
     from .core.guidance import GuidanceScales
     from .core.imaging import prepare_image
+    from .core.loading import find_release
     from .core.loop import Painter, PaintSettings, collect_process
+    from .core.memory import GB, Residency, choose_tier, free_device_bytes
     from .core.model_set import ModelSet
     from .models.lpips_net import load_perceptual_metric, resolve_metric_name
     from .models.text_instruction import ManualInstructions, TextInstructionGenerator, parse_instruction_list
@@ -65,24 +67,38 @@ def cmd_paint(args) -> int:
         return 2
     models_dir = Path(args.models) if args.models else _default_models()
     settings = PaintSettings.for_model(
-        models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps, seed=args.seed,
-        short_side=args.short_side, fast_guidance=not args.six_branch, scales=GuidanceScales(*args.guidance),
+        models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, seed=args.seed,
+        short_side=args.short_side, scales=GuidanceScales(*args.guidance),
         compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise,
         start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback,
-        reask=args.reask, stop_stalled=args.stop_stalled, finish_frames=args.finish_frames)
+        reask=args.reask, stop_stalled=args.stop_stalled, finish_frames=args.finish_frames,
+        **_sampling_overrides(args))
     working = prepare_image(img, settings.short_side)
     if working.note:
         print(f"input: {working.note}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = ModelSet.from_release(models_dir, device=device, dtype=_parse_dtype(args.dtype),
+    has_text = not args.instructions and find_release(models_dir).text_model is not None
+    tier = choose_tier(args.vram, free_device_bytes(device), text_model=has_text)
+    print(f"memory tier: {tier.name}")
+    residency = None
+    if tier.name != "full":  # load on the CPU; each network comes to the device when it runs
+        residency = Residency(device, "cpu", tier.budget_gb * GB if tier.budget_gb else None,
+                              log=lambda msg: print(msg, flush=True))
+    models = ModelSet.from_release(models_dir, device=device if residency is None else "cpu",
+                                   dtype=_parse_dtype(args.dtype), lazy=residency is not None,
                                    time_dtype=torch.float16 if args.official_fp16_time else None)
     lpips_dir = models.paths.lpips
     metric_name = resolve_metric_name(args.metric, lpips_dir)
-    metric = load_perceptual_metric(metric_name, weights_dir=lpips_dir, device=device)
+    metric = load_perceptual_metric(metric_name, weights_dir=lpips_dir, device=device if residency is None else "cpu")
+    if residency is not None:
+        models.attach_residency(residency, release_referencenet=tier.release_referencenet)
+        residency.register("perceptual_metric", metric)
+        residency.install_hooks("perceptual_metric")
+    text_kwargs = {"max_new_tokens": args.text_max_tokens}
     if args.instructions:
         text = ManualInstructions(parse_instruction_list(args.instructions))
-    elif models.paths.text_model is not None:
-        text = TextInstructionGenerator.from_pretrained(models.paths.text_model, device=device)
+    elif has_text:
+        text = _load_text_model(models.paths.text_model, tier, device, args.text_dtype, residency, text_kwargs)
     else:
         print("error: no text-instruction model in the models folder: pass --instructions", file=sys.stderr)
         return 2
@@ -91,11 +107,70 @@ def cmd_paint(args) -> int:
         f"keyframe {kf.index:3d}  t={kf.time_s:6.0f}s  '{kf.instruction}'  mask {kf.mask_area:5.1%}  "
         f"LPIPS to target {kf.lpips_to_target:.4f}  ({sec:.1f}s)", flush=True))
     manifest = write_process(args.out, frames, records, dict(settings.to_dict(), metric=metric_name,
-                             models=str(models_dir), image=str(image_path)), masks=masks,
+                             models=str(models_dir), image=str(image_path), vram=tier.name), masks=masks,
                              extra={"stop_reason": painter.last_stop_reason})
+    _report_memory(device, residency)
     print(f"stopped: {painter.last_stop_reason}; wrote {len(frames)} frames, "
           f"{', '.join(k for k in ('webp', 'mp4') if k in manifest)} and manifest.json to {args.out}")
     return 0
+
+
+def _sampling_overrides(args) -> dict:
+    """PaintSettings sampling fields from the command line (None: the default)."""
+    if args.release_sampling:  # the release's keyframe: six branches, 25 Euler-ancestral steps, always guided
+        return {"fast_guidance": False, "sampler": "euler_ancestral", "steps": args.steps or 25,
+                "guidance_interval": None}
+    out = {"sampler": args.sampler, "steps": args.steps}
+    if args.six_branch:
+        out["fast_guidance"] = False
+    if args.guidance_interval is not None:
+        lo, hi = args.guidance_interval
+        out["guidance_interval"] = None if lo <= 0 and hi <= 0 else (lo, hi)
+    return out
+
+
+def _load_text_model(path, tier, device, dtype_name, residency, kwargs):
+    """The LLaVA text model placed as the memory tier says (core.memory.text_placement), loaded when first
+    asked (after the ReferenceNet has been released, in the tiers that release it)."""
+    import torch
+
+    from .core.memory import StagedText, quantize_linears, text_placement
+    from .models.text_instruction import TextInstructionGenerator, _part
+
+    where, quant = text_placement(tier, device)
+    if dtype_name == "auto":
+        dtype = torch.float16 if torch.device(where).type == "cuda" else torch.float32
+    else:
+        dtype = _parse_dtype(dtype_name)
+    managed = residency is not None and not quant and torch.device(where).type != "cpu"
+
+    def load():
+        gen = TextInstructionGenerator.from_pretrained(path, device="cpu", dtype=dtype)
+        print(f"text model: {where}{f', {quant}' if quant else ''}, {str(dtype).replace('torch.', '')}", flush=True)
+        if quant:
+            quantize_linears(_part(gen.model, "language_model"), 8 if quant == "8bit" else 4)
+            gen.model.to(where)  # bitsandbytes quantizes on the move; quantized layers stay there
+        if residency is not None and (quant or managed):
+            residency.register("text_model", gen.model, pinned=bool(quant))
+        if not managed:
+            gen.model.to(where)
+        return gen
+
+    return StagedText(load, residency if managed else None, **kwargs)
+
+
+def _report_memory(device, residency) -> None:
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
+    line = f"memory: peak RSS {rss:.2f} GB"
+    if torch.device(device).type == "cuda":
+        line += f", peak device memory {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB"
+    if residency is not None:
+        line += f", peak weights on the device (bookkeeping, run dtypes) {residency.peak_bytes / 1e9:.2f} GB"
+    print(line)
 
 
 def cmd_parity(args) -> int:
@@ -169,7 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
                                               "the last repeats); default: the folder's LLaVA text model")
     paint.add_argument("--interval", type=float, default=20.0, help="seconds of painting per keyframe")
     paint.add_argument("--max-keyframes", type=int, default=50)
-    paint.add_argument("--steps", type=int, default=25, help="denoising steps per keyframe")
+    paint.add_argument("--steps", type=int, default=None,
+                       help="denoising steps per keyframe (default: the sampler's, PaintSettings.steps)")
+    paint.add_argument("--sampler", default=None, choices=["euler_ancestral", "dpmpp_2m"],
+                       help="built-in sampler (default: PaintSettings.sampler; the release: euler_ancestral)")
+    paint.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                       help="guide only for sigmas in [LO, HI], one fully conditioned pass elsewhere "
+                            "(0 0 = always, as the release)")
+    paint.add_argument("--release-sampling", action="store_true",
+                       help="the release's keyframe: six guidance branches, 25 Euler-ancestral steps, always "
+                            "guided (the output the release computes, at its cost)")
+    paint.add_argument("--vram", default="auto", choices=["auto", "full", "12gb", "8gb", "notext"],
+                       help="memory tier (README: Memory); auto: from the free device memory")
+    paint.add_argument("--text-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="text model precision (auto: fp16 on a GPU, fp32 on the CPU)")
+    paint.add_argument("--text-max-tokens", type=int, default=512,
+                       help="longest text-model answer in tokens (the release: 512)")
     paint.add_argument("--seed", type=int, default=1)
     paint.add_argument("--guidance", type=float, nargs=5, default=[2.0, 1.0, 5.0, 5.0, 5.0],
                        metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"))
