@@ -145,7 +145,9 @@ def _load_text_model(path, tier, device, dtype_name, residency, kwargs):
     managed = residency is not None and not quant and torch.device(where).type != "cpu"
 
     def load():
-        gen = TextInstructionGenerator.from_pretrained(path, device="cpu", dtype=dtype)
+        # quantized tiers also halve the CLIP-L tower (fp32 in the release: 1.2 GB)
+        gen = TextInstructionGenerator.from_pretrained(path, device="cpu", dtype=dtype,
+                                                       vision_dtype=torch.float16 if quant else torch.float32)
         print(f"text model: {where}{f', {quant}' if quant else ''}, {str(dtype).replace('torch.', '')}", flush=True)
         if quant:
             quantize_linears(_part(gen.model, "language_model"), 8 if quant == "8bit" else 4)

@@ -57,9 +57,9 @@ def read_checkpoint(path, parts=None, mmap: bool = False) -> dict:
 
     ``.safetensors`` files written by :func:`convert_checkpoint` are un-flattened back into the
     released structure ({"unet_state_dict": {...}, ..., "global_step": N}). ``parts``: only these
-    top-level state dicts are read into memory (a ``.ckpt`` is mapped and only they are copied out), so
-    one network of a 7 GB renderer checkpoint costs its own size. ``mmap``: tensors stay mapped from
-    the file (a ``.ckpt``; for reading shapes and small parts without loading the rest).
+    top-level state dicts, their tensors mapped from the file (a ``.ckpt``), so one network of a 7 GB
+    renderer checkpoint costs its own size, read when first touched. ``mmap``: every tensor mapped
+    (for shapes and small parts without reading the rest).
     """
     path = Path(path)
     if not path.is_file():
@@ -73,10 +73,9 @@ def read_checkpoint(path, parts=None, mmap: bool = False) -> dict:
                 keys = [k for k in f.keys() if parts is None or k.split("/", 1)[0] in parts]
                 flat = {k: f.get_tensor(k) for k in keys}
             return _unflatten(flat, meta)
-        if parts is not None:
+        if parts is not None:  # mapped: only the pages of these parts are ever read (and counted)
             mapped = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            return {k: ({n: t.clone() for n, t in v.items()} if k in parts else None) if isinstance(v, dict) else v
-                    for k, v in mapped.items() if not isinstance(v, dict) or k in parts}
+            return {k: v for k, v in mapped.items() if not isinstance(v, dict) or k in parts}
         data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except WeightFileError:
         raise

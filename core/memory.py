@@ -194,14 +194,14 @@ class Residency:
     def use(self, *names: str) -> None:
         wanted = [n for n in names if n in self.modules]
         for name in wanted:
+            if name in self.resident and name not in self.dropped:
+                self.resident.move_to_end(name)
+                continue
+            self._make_room(self.sizes[name], keep=set(wanted))  # before reading: the evicted are freed first
             if name in self.dropped:
                 self.modules[name] = self.reloaders[name]()
                 self.dropped.discard(name)
                 self.moves.append((name, "reload"))
-            if name in self.resident:
-                self.resident.move_to_end(name)
-                continue
-            self._make_room(self.sizes[name], keep=set(wanted))
             self._move(name, self.device)
             self.resident[name] = None
             self.moves.append((name, "in"))

@@ -260,12 +260,12 @@ class ManagedModules:
         if self.fallback is not None:
             self.fallback.use(*names)
             return
-        todo = [n for n in names if n in self.bundles and not self._is_loaded(n)]
-        patchers = [self.patchers[n] for n in todo if n in self.patchers]
+        # ComfyUI decides: it may have unloaded a network, or part of one, since the last call
+        patchers = [self.patchers[n] for n in names if n in self.patchers]
         if patchers:
             model_management().load_models_gpu(patchers, force_full_load=True)
-        for n in todo:
-            if n not in self.patchers:
+        for n in names:
+            if n in self.bundles and n not in self.patchers and not self._is_loaded(n):
                 self.bundles[n].to(self.load_device)
                 self.bundles[n].device = self.load_device
 
@@ -295,8 +295,7 @@ class ManagedModules:
         module = self.bundles[name].parts[name.replace(".", "_")]
 
         def pre_hook(mod, args, kwargs):
-            if not self._is_loaded(name):
-                self.use(name)
+            self.use(name)
             to = lambda v: v.to(self.load_device) if torch.is_tensor(v) else v  # noqa: E731
             return tuple(to(a) for a in args), {k: to(v) for k, v in kwargs.items()}
 

@@ -234,8 +234,8 @@ class InversePaintingTextModel:
         log.info("Inverse Painting: loading text model %s (%s, %s)", self.path, self.device, self.dtype)
         gen = TextInstructionGenerator.from_pretrained(
             str(self.path), device=cb.offload_device(), dtype=self.dtype, vision_tower_path=self.vision_tower_path,
-            # the official run keeps the CLIP tower in fp32 (spec 2.2)
-            vision_dtype=torch.float32)
+            # the official run keeps the CLIP tower in fp32 (spec 2.2); quantized tiers halve it
+            vision_dtype=torch.float16 if self.quantization else torch.float32)
         managed = cb.ManagedModules({}, self.device)
         if self.quantization:
             from ..core.memory import quantize_linears
