@@ -13,7 +13,8 @@ RESERVE_GB for them). GPU measurements: scripts/gpu_check.py.
 
 ``--cpu-release``: also replays each tier's order on that (rehearsal) release on the CPU, in a fresh process per
 tier: the real networks read, freed and re-read as the tier says (fp32 UNets, the text model in
-``--text-dtype`` on the CPU), without forward passes; prints the process's peak RSS (VmHWM).
+``--text-dtype`` on the CPU), every weight read once per use but no forward pass (activations not included);
+prints the process's peak RSS (VmHWM).
 """
 from __future__ import annotations
 
@@ -160,7 +161,12 @@ def cpu_replay(release: str, tier_name: str, calls, text_dtype: str) -> float:
                     find_release(release).text_model, dtype=getattr(torch, {"bf16": "bfloat16", "fp32": "float32",
                                                                              "fp16": "float16"}[text_dtype]))
             continue
-        r.use(name) if call == "use" else r.release(name)
+        if call == "use":
+            r.use(name)
+            for t in r.modules[name].parameters():  # read every weight, as a forward pass does (mapped pages
+                t.sum()  # of a lazily read .ckpt only count once touched)
+        else:
+            r.release(name)
     with open("/proc/self/status") as f:
         hwm = next(line for line in f if line.startswith("VmHWM"))
     return int(hwm.split()[1]) / 1e6
