@@ -5,6 +5,7 @@
     inverse-painting parity FIXTURE_DIR          # one line per case, exit 1 on any failure
     inverse-painting convert DIR_OR_CKPT         # .ckpt -> .safetensors beside it
     inverse-painting tiny-release OUT            # a random release in the real formats (tests, demos)
+    inverse-painting rehearsal-release OUT       # a FULL-SIZE random release (rehearsing memory and speed)
     inverse-painting evaluate GENERATED REAL     # the paper's metrics (see evaluation/)
     inverse-painting train SUBCOMMAND ...        # data preparation and trainers (see training/README.md)
 
@@ -14,6 +15,7 @@ release written to a cache folder (no download; its pictures are noise, but ever
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -76,6 +78,7 @@ class _PaintContext:
         from .core.guidance import GuidanceScales
         from .core.loading import inspect_release
         from .core.loop import PaintSettings
+        from .core.memory import GB, Residency, choose_tier, free_device_bytes
         from .models.lpips_net import load_perceptual_metric, resolve_metric_name
         from .models.text_instruction import parse_instruction_list
 
@@ -83,12 +86,12 @@ class _PaintContext:
         self.models_dir = Path(args.models) if args.models else _default_models()
         self.paths = inspect_release(self.models_dir)
         self.settings = PaintSettings.for_model(
-            self.models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, steps=args.steps,
-            seed=args.seed, short_side=args.short_side, fast_guidance=not args.six_branch,
-            scales=GuidanceScales(*args.guidance), compare_to=None if args.compare_to == "auto" else args.compare_to,
-            denoise=args.denoise, start_from=args.start_from, keep_unmasked=args.keep_unmasked,
-            difference_fallback=args.difference_fallback, reask=args.reask, stop_stalled=args.stop_stalled,
-            finish_frames=args.finish_frames)
+            self.models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, seed=args.seed,
+            short_side=args.short_side, scales=GuidanceScales(*args.guidance),
+            compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise,
+            start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback,
+            reask=args.reask, stop_stalled=args.stop_stalled, finish_frames=args.finish_frames,
+            **_sampling_overrides(args))
         self.device = check_device(args.device or device)
         self.instructions = None
         if args.instructions is not None:
@@ -97,9 +100,16 @@ class _PaintContext:
                 raise OptionError("--instructions holds no instruction (give words separated by '|' or new lines)")
         elif self.paths.text_model is None:
             raise OptionError(f"{self.models_dir} has no text-instruction model (TP_llava/): pass --instructions")
+        has_text = self.instructions is None
+        self.tier = choose_tier(args.vram, free_device_bytes(self.device), text_model=has_text)
+        self.residency = None
+        if self.tier.name != "full":  # networks wait on the CPU; each comes to the device when it runs
+            self.residency = Residency(self.device, "cpu", self.tier.budget_gb * GB if self.tier.budget_gb else None,
+                                       log=lambda msg: print(msg, flush=True))
         self.metric_name = resolve_metric_name(args.metric, self.paths.lpips)
         # small, and loading it names a missing AlexNet file before anything is written
-        self.metric = load_perceptual_metric(self.metric_name, weights_dir=self.paths.lpips, device=self.device)
+        self.metric = load_perceptual_metric(self.metric_name, weights_dir=self.paths.lpips,
+                                             device=self.device if self.residency is None else "cpu")
         self.mode = "overwrite" if args.overwrite else ("resume" if args.resume else "new")
         self._loaded = None
 
@@ -109,10 +119,11 @@ class _PaintContext:
 
         rec = dict(self.settings.to_dict(), metric=self.metric_name, models=str(self.models_dir.resolve()),
                    dtype=self.args.dtype, official_fp16_time=bool(self.args.official_fp16_time),
-                   instructions=self.instructions)
+                   instructions=self.instructions, vram=self.tier.name, text_dtype=self.args.text_dtype,
+                   text_max_tokens=self.args.text_max_tokens)
         if working is not None:
             rec.update(target_sha256=working_sha256(working), image=str(image))
-        return rec
+        return json.loads(json.dumps(rec))  # as a manifest reads back (tuples as lists), so --resume compares alike
 
     def prepare(self, image_path: Path):
         from .core.imaging import load_image, prepare_image
@@ -128,18 +139,88 @@ class _PaintContext:
             from .core.loading import quiet_loaders
             from .core.loop import Painter
             from .core.model_set import ModelSet
-            from .models.text_instruction import ManualInstructions, TextInstructionGenerator
+            from .models.text_instruction import ManualInstructions
 
             if torch.device(self.device).type == "cpu" and self.args.dtype != "fp32":
                 print(f"note: {self.args.dtype} on the CPU is very slow (25-50x fp32 measured here); fp32 is the "
                       "CPU's precision")
             quiet_loaders(progress_bars=False)
-            models = ModelSet.from_release(self.models_dir, device=self.device, dtype=_parse_dtype(self.args.dtype),
+            print(f"memory tier: {self.tier.name}")
+            lazy = self.residency is not None
+            models = ModelSet.from_release(self.models_dir, device="cpu" if lazy else self.device,
+                                           dtype=_parse_dtype(self.args.dtype), lazy=lazy,
                                            time_dtype=torch.float16 if self.args.official_fp16_time else None)
-            text = (ManualInstructions(self.instructions) if self.instructions is not None
-                    else TextInstructionGenerator.from_pretrained(self.paths.text_model, device=self.device))
+            if lazy:
+                models.attach_residency(self.residency, release_referencenet=self.tier.release_referencenet)
+                self.residency.register("perceptual_metric", self.metric)
+                self.residency.install_hooks("perceptual_metric")
+            if self.instructions is not None:
+                text = ManualInstructions(self.instructions)
+            else:
+                text = _load_text_model(self.paths.text_model, self.tier, self.device, self.args.text_dtype,
+                                        self.residency, {"max_new_tokens": self.args.text_max_tokens})
             self._loaded = (Painter(models, self.metric), text)
         return self._loaded
+
+
+def _sampling_overrides(args) -> dict:
+    """PaintSettings sampling fields from the command line (None: the default)."""
+    if args.release_sampling:  # the release's keyframe: six branches, 25 Euler-ancestral steps, always guided
+        return {"fast_guidance": False, "sampler": "euler_ancestral", "steps": args.steps or 25,
+                "guidance_interval": None}
+    out = {"sampler": args.sampler, "steps": args.steps}
+    if args.six_branch:
+        out["fast_guidance"] = False
+    if args.guidance_interval is not None:
+        lo, hi = args.guidance_interval
+        out["guidance_interval"] = None if lo <= 0 and hi <= 0 else (lo, hi)
+    return out
+
+
+def _load_text_model(path, tier, device, dtype_name, residency, kwargs):
+    """The LLaVA text model placed as the memory tier says (core.memory.text_placement), loaded when first
+    asked (after the ReferenceNet has been released, in the tiers that release it)."""
+    import torch
+
+    from .core.memory import StagedText, quantize_linears, text_placement
+    from .models.text_instruction import TextInstructionGenerator, _part
+
+    where, quant = text_placement(tier, device)
+    if dtype_name == "auto":
+        dtype = torch.float16 if torch.device(where).type == "cuda" else torch.float32
+    else:
+        dtype = _parse_dtype(dtype_name)
+    managed = residency is not None and not quant and torch.device(where).type != "cpu"
+
+    def load():
+        # quantized tiers also halve the CLIP-L tower (fp32 in the release: 1.2 GB)
+        gen = TextInstructionGenerator.from_pretrained(path, device="cpu", dtype=dtype,
+                                                       vision_dtype=torch.float16 if quant else torch.float32)
+        print(f"text model: {where}{f', {quant}' if quant else ''}, {str(dtype).replace('torch.', '')}", flush=True)
+        if quant:
+            quantize_linears(_part(gen.model, "language_model"), 8 if quant == "8bit" else 4)
+            gen.model.to(where)  # bitsandbytes quantizes on the move; quantized layers stay there
+        if residency is not None and (quant or managed):
+            residency.register("text_model", gen.model, pinned=bool(quant))
+        if not managed:
+            gen.model.to(where)
+        return gen
+
+    return StagedText(load, residency if managed else None, **kwargs)
+
+
+def _report_memory(device, residency) -> None:
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
+    line = f"memory: peak RSS {rss:.2f} GB"
+    if torch.device(device).type == "cuda":
+        line += f", peak device memory {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB"
+    if residency is not None:
+        line += f", peak weights on the device (bookkeeping, run dtypes) {residency.peak_bytes / 1e9:.2f} GB"
+    print(line)
 
 
 def _keyframe_line(kf, seconds: float) -> str:
@@ -190,6 +271,7 @@ def _paint_single(ctx: _PaintContext, image_path: Path) -> int:
         print(f"interrupted: the frames so far are kept in {out}; continue with the same command and --resume",
               file=sys.stderr)
         return 130
+    _report_memory(ctx.device, ctx.residency)
     print(f"stopped: {painter.last_stop_reason}; wrote {len(manifest['keyframes'])} frames, "
           f"{', '.join(k for k in ('webp', 'mp4') if k in manifest)} and manifest.json to {out}")
     return 0
@@ -369,6 +451,24 @@ def cmd_tiny_release(args) -> int:
     return 0
 
 
+def cmd_rehearsal_release(args) -> int:
+    from .core.rehearsal_release import PARTS, check_release, write_rehearsal_release
+
+    if not args.check_only:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()) and not (out / "README.txt").is_file():
+            print(f"error: {out} exists and is not a rehearsal release: choose another folder", file=sys.stderr)
+            return 2
+        write_rehearsal_release(out, seed=args.seed, llava_layers=args.llava_layers, shard_gb=args.shard_gb,
+                                parts=args.parts or PARTS)
+    problems = check_release(args.out, args.manifests)
+    for line in problems:
+        print(f"MISMATCH {line}")
+    print("release matches" + (" the manifests" if args.manifests else " the loaders") if not problems
+          else f"{len(problems)} mismatch(es)")
+    return 1 if problems else 0
+
+
 def cmd_evaluate(argv) -> int:
     from .evaluation.cli import main as evaluate_main
 
@@ -416,9 +516,25 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("--interval", type=number_argument("float", 0, MAX_INTERVAL_S, low_open=True), default=20.0,
                        help="seconds of painting per keyframe")
     paint.add_argument("--max-keyframes", type=number_argument("int", 1, MAX_KEYFRAMES), default=50)
-    paint.add_argument("--steps", type=number_argument("int", 1, MAX_STEPS), default=25, help="denoising steps per keyframe")
+    paint.add_argument("--steps", type=number_argument("int", 1, MAX_STEPS), default=None,
+                       help="denoising steps per keyframe (default: the sampler's, PaintSettings.steps)")
+    paint.add_argument("--sampler", default=None, choices=["euler_ancestral", "dpmpp_2m"],
+                       help="built-in sampler (default: PaintSettings.sampler; the release: euler_ancestral)")
+    paint.add_argument("--guidance-interval", type=number_argument("float", 0), nargs=2, default=None,
+                       metavar=("LO", "HI"), help="guide only for sigmas in [LO, HI], one fully conditioned pass "
+                                                  "elsewhere (0 0 = always, as the release)")
+    paint.add_argument("--release-sampling", action="store_true",
+                       help="the release's keyframe: six guidance branches, 25 Euler-ancestral steps, always "
+                            "guided (the output the release computes, at its cost)")
+    paint.add_argument("--vram", default="auto", choices=["auto", "full", "12gb", "8gb", "notext"],
+                       help="memory tier (README: Memory); auto: from the free device memory")
+    paint.add_argument("--text-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="text model precision (auto: fp16 on a GPU, fp32 on the CPU)")
+    paint.add_argument("--text-max-tokens", type=number_argument("int", 1, 4096), default=512,
+                       help="longest text-model answer in tokens (the release: 512)")
     paint.add_argument("--seed", type=number_argument("int", 0, 2**64 - 1), default=1)
-    paint.add_argument("--guidance", type=number_argument("float", -MAX_GUIDANCE, MAX_GUIDANCE), nargs=5, default=[2.0, 1.0, 5.0, 5.0, 5.0],
+    paint.add_argument("--guidance", type=number_argument("float", -MAX_GUIDANCE, MAX_GUIDANCE), nargs=5,
+                       default=[2.0, 1.0, 5.0, 5.0, 5.0],
                        metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"))
     paint.add_argument("--short-side", type=_short_side, default=None,
                        help="resize the input to this short side first (default: the model's training size: "
@@ -470,6 +586,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", help="a new or empty folder")
     tiny.add_argument("--seed", type=number_argument("int", 0, 2**63 - 1), default=0)
     tiny.set_defaults(func=cmd_tiny_release)
+    reh = sub.add_parser("rehearsal-release", help="write a FULL-SIZE random release (the released files, keys, "
+                         "shapes and dtypes; about 15 GB with --llava-layers 4) and check it")
+    reh.add_argument("out")
+    reh.add_argument("--llava-layers", type=int, default=32,
+                     help="LLaVA decoder layers at full width (32 = the release; 4 fits a 24 GB machine)")
+    reh.add_argument("--shard-gb", type=float, default=10.0, help="largest LLaVA weight shard (GB)")
+    reh.add_argument("--seed", type=int, default=0)
+    reh.add_argument("--parts", nargs="*", choices=["base", "clip", "renderer", "mask_generator", "text_model",
+                                                     "lpips"], help="write only these parts")
+    reh.add_argument("--manifests", help="folder of the reference key manifests (shared/reference/manifests): "
+                                         "compare every file's names, shapes and dtypes with them")
+    reh.add_argument("--check-only", action="store_true", help="only check an existing folder")
+    reh.set_defaults(func=cmd_rehearsal_release)
     sub.add_parser("evaluate", help="the paper's metrics: evaluate GENERATED REAL [options]", add_help=False)
     sub.add_parser("train", help="training kit: synth, ingest, ground-truth, train-*, assemble", add_help=False)
     return p

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 BRANCHES = ("u", "clip", "cur", "PE", "RP", "TP")
+CONDITIONAL_BRANCH = 5  # TP: every condition (reference, image token, canvas, time, mask, text)
 
 
 @dataclass(frozen=True)

@@ -78,11 +78,14 @@ def _refused_pickle(path: Path, exc: Exception) -> WeightFileError:
 # reading and converting checkpoint files
 
 
-def read_checkpoint(path) -> dict:
+def read_checkpoint(path, parts=None, mmap: bool = False) -> dict:
     """Read a checkpoint into a (possibly nested) dict of tensors.
 
     ``.safetensors`` files written by :func:`convert_checkpoint` are un-flattened back into the
-    released structure ({"unet_state_dict": {...}, ..., "global_step": N}).
+    released structure ({"unet_state_dict": {...}, ..., "global_step": N}). ``parts``: only these
+    top-level state dicts, their tensors mapped from the file (a ``.ckpt``), so one network of a 7 GB
+    renderer checkpoint costs its own size, read when first touched. ``mmap``: every tensor mapped
+    (for shapes and small parts without reading the rest).
     """
     path = Path(path)
     if not path.is_file():
@@ -93,9 +96,13 @@ def read_checkpoint(path) -> dict:
 
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                flat = {k: f.get_tensor(k) for k in f.keys()}
+                keys = [k for k in f.keys() if parts is None or k.split("/", 1)[0] in parts]
+                flat = {k: f.get_tensor(k) for k in keys}
             return _unflatten(flat, meta)
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        if parts is not None:  # mapped: only the pages of these parts are ever read (and counted)
+            mapped = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            return {k: v for k, v in mapped.items() if not isinstance(v, dict) or k in parts}
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except WeightFileError:
         raise
     except Exception as exc:  # truncated zip, bad pickle, ...

@@ -28,6 +28,9 @@ from .loading import (MASK_PARTS, RENDERER_PARTS, ReleasePaths, WeightFileError,
 from .text_encoding import TextEncoder, load_tokenizer
 
 
+LAZY_PARTS = ("renderer_unet", "referencenet", "mask_unet")  # the three SD1.5-size UNets
+
+
 def _load_part(what: str, folder, load):
     """``load()``, with any failure reported as a :class:`WeightFileError` naming the part and its folder."""
     try:
@@ -75,6 +78,9 @@ class ModelSet:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     time_dtype: torch.dtype = torch.float32  # float16 reproduces the released inference (spec B5)
+    residency: object | None = None  # core.memory.Residency (or ComfyUI's ManagedModules): a memory tier
+    release_referencenet: bool = False  # the tier frees the ReferenceNet once the target's banks exist
+    lazy: bool = False  # the UNets' weights are read when they first run (from_release(lazy=True))
 
     @property
     def vae_scale(self) -> float:
@@ -94,18 +100,51 @@ class ModelSet:
         device = torch.device(device) if device is not None else self.device
         dtype = dtype or self.dtype
         for name, m in self.modules().items():
-            m.to(device=device, dtype=self.time_dtype if name.endswith("time_encoder") else dtype)
+            unread = any(p.is_meta for p in m.parameters())  # a lazy UNet: its weights come later
+            m.to(device=None if unread else device, dtype=self.time_dtype if name.endswith("time_encoder") else dtype)
         self.device, self.dtype = device, dtype
         self.text.clear()
         return self
 
+    def attach_residency(self, residency, release_referencenet: bool = False) -> None:
+        """Put every network under ``residency`` (a memory tier): each is brought to the device by a forward
+        hook when it runs. The three UNets can be re-read from their checkpoints, so a tier may free them
+        (``release_referencenet``: the ReferenceNet once the banks exist; on the CPU, any of them to stay
+        within the tier's budget); after :meth:`from_release` with ``lazy`` they start unread."""
+        for name, module in self.modules().items():
+            reload = (lambda n=name: self._read_weights(n)) if name in LAZY_PARTS and self.paths else None
+            residency.register(name, module, reload=reload, dropped=self.lazy and name in LAZY_PARTS)
+            residency.install_hooks(name)
+        self.residency, self.release_referencenet = residency, release_referencenet
+        self.device = residency.device
+
+    def _read_weights(self, name: str) -> torch.nn.Module:
+        """Read one UNet's weights from its checkpoint into its (meta) module; only that part is read."""
+        module, path, part = {"renderer_unet": (self.renderer and self.renderer.unet, self.paths.renderer,
+                                                "unet_state_dict"),
+                              "referencenet": (self.renderer and self.renderer.referencenet, self.paths.renderer,
+                                               "referencenet_state_dict"),
+                              "mask_unet": (self.mask and self.mask.unet, self.paths.mask_generator,
+                                            "RP_state_dict")}[name]
+        state = read_checkpoint(path, parts=(part,))[part]
+        load_checked(module.unet, state, f"{name} ({path.name})", assign=True)
+        del state
+        return module.to(dtype=self.dtype).eval().requires_grad_(False)
+
+    def target_done(self) -> None:
+        """The target's banks exist: a tier that frees the ReferenceNet does it now (it runs once per target)."""
+        if self.residency is not None and self.release_referencenet:
+            self.residency.release("referencenet")
+
     @classmethod
     def from_release(cls, root, device="cpu", dtype=torch.float32, time_dtype=None,
-                     renderer: bool = True, mask_generator: bool = True) -> "ModelSet":
+                     renderer: bool = True, mask_generator: bool = True, lazy: bool = False) -> "ModelSet":
         """Build and load every network of the model folder ``root``; a folder that cannot be loaded raises
-        :class:`WeightFileError` naming the file or part."""
+        :class:`WeightFileError` naming the file or part. ``lazy``: the three UNets are checked against their
+        checkpoints but left without weights (meta); :meth:`attach_residency` reads each when it first runs (and
+        again after a tier freed it)."""
         try:
-            return cls._from_release(root, device, dtype, time_dtype, renderer, mask_generator)
+            return cls._from_release(root, device, dtype, time_dtype, renderer, mask_generator, lazy)
         except (WeightFileError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - a malformed part (odd shapes, keys) the checks above let through
@@ -113,7 +152,8 @@ class ModelSet:
             raise WeightFileError(f"{root}: cannot load this model folder ({type(exc).__name__}: {first})") from exc
 
     @classmethod
-    def _from_release(cls, root, device, dtype, time_dtype, renderer: bool, mask_generator: bool) -> "ModelSet":
+    def _from_release(cls, root, device, dtype, time_dtype, renderer: bool, mask_generator: bool,
+                      lazy: bool) -> "ModelSet":
         quiet_loaders()  # before the imports: transformers warns about torchvision when they run
         from diffusers import AutoencoderKL
         from transformers import CLIPImageProcessor, CLIPTextModel, CLIPVisionModel
@@ -139,7 +179,7 @@ class ModelSet:
 
         renderer_nets = None
         if renderer:
-            ckpt = read_checkpoint(paths.renderer)
+            ckpt = read_checkpoint(paths.renderer, mmap=lazy)
             require_parts(ckpt, RENDERER_PARTS, "renderer", paths.renderer)
             unet_sd = ckpt["unet_state_dict"]
             ucfg = unet_config_for(unet_sd, base_unet)
@@ -159,7 +199,7 @@ class ModelSet:
             del ckpt
         mask_nets = None
         if mask_generator:
-            ckpt = read_checkpoint(paths.mask_generator)
+            ckpt = read_checkpoint(paths.mask_generator, mmap=lazy)
             if "RP_state_dict" not in ckpt and "unet_state_dict" in ckpt:
                 raise WeightFileError(f"{paths.mask_generator} is a renderer checkpoint, not a mask-generator (RP) one")
             require_parts(ckpt, MASK_PARTS, "mask-generator (RP)", paths.mask_generator)
@@ -174,6 +214,11 @@ class ModelSet:
             del ckpt
         models = cls(vae, TextEncoder(tokenizer, text_encoder), ClipImageEmbedder(processor, vision),
                      renderer_nets, mask_nets, config, paths, time_dtype=time_dtype or dtype)
+        if lazy:  # checked above; the mapped weights are let go and read again when each network first runs
+            for name in LAZY_PARTS:
+                if name in models.modules():
+                    models.modules()[name].to("meta")
+            models.lazy = True
         for m in models.modules().values():
             m.eval().requires_grad_(False)
         return models.to(device, dtype)

@@ -286,7 +286,8 @@ def case_loop(ctx, case_dir, res):
 
     case, exp, extra = _load(case_dir)
     settings = PaintSettings(interval_s=case["interval_s"], max_keyframes=case["keyframes"], steps=case["steps"],
-                             scales=_scales(case), fast_guidance=False, difference_threshold=case["binary_threshold"],
+                             scales=_scales(case), fast_guidance=False, sampler="euler_ancestral",
+                             difference_threshold=case["binary_threshold"],
                              combine_init=case["combine_init"], combine_ratio=case["combine_init_ratio"],
                              short_side=None)
     target = _png(case_dir / "target.png")

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from .errors import check_finite
-from .guidance import BRANCHES, GuidanceScales, combine_six, combine_weighted
+from .guidance import BRANCHES, CONDITIONAL_BRANCH, GuidanceScales, combine_six, combine_weighted
 from .imaging import downsample_mask, tensor_to_uint8, uint8_to_tensor
 from .model_set import ModelSet
-from .sampling import Denoiser, NoiseSource, sample_euler_ancestral
+from .sampling import SAMPLERS, Denoiser, NoiseSource
 from .schedule import Schedule, eps_from_output
 
 # batch layout of the six branches: context index (h0..h3) and feature-encoder input index (c0..c2)
@@ -74,6 +74,7 @@ class Renderer:
         self.models = models
         self.nets = models.renderer
         self.schedule = schedule or Schedule.official()
+        self.unet_passes = 0  # sample-forwards of the renderer UNet so far (one branch of one step = 1)
 
     # ------------------------------------------------------------------ conditions
     @torch.no_grad()
@@ -84,6 +85,7 @@ class Renderer:
         banks = self.nets.referencenet.banks(latents, e_target[:, None, :].to(m.dtype))
         for bank in banks.values():
             check_finite(bank, "ReferenceNet", "the target's reference features")
+        m.target_done()
         return TargetState(target_image, latents, e_target, banks)
 
     @torch.no_grad()
@@ -120,17 +122,21 @@ class Renderer:
 
     # ------------------------------------------------------------------ denoiser
     def denoiser(self, conds: KeyframeConditions, scales: GuidanceScales, fast: bool = True,
-                 sigma_to_t: dict[float, float] | None = None, trace: list | None = None) -> Denoiser:
+                 sigma_to_t: dict[float, float] | None = None, trace: list | None = None,
+                 guidance_interval: tuple[float, float] | None = None) -> Denoiser:
         """k-diffusion denoiser D(x, sigma) -> x0 with the six-branch guidance.
 
         ``fast`` batches only the branches with non-zero weight; otherwise all six run in the release's
         order and are combined left to right. ``sigma_to_t`` maps the schedule's sigmas to its exact
-        fractional timesteps; other sigmas are converted by the schedule.
+        fractional timesteps; other sigmas are converted by the schedule. ``guidance_interval`` (lo, hi):
+        guidance only for sigmas in [lo, hi]; elsewhere one pass of the fully conditioned branch (all
+        conditions at scale 1, as Kynkaanniemi et al. 2024 limit guidance to an interval).
         """
         branches = scales.active_branches() if fast else tuple(range(len(BRANCHES)))
-        contexts = conds.context_batch(branches)
-        feats = conds.canvas_batch(branches)
-        use_ref = torch.tensor([b != 0 for b in branches], device=contexts.device)
+        batches = {}
+        for key, br in (("guided", branches), ("conditional", (CONDITIONAL_BRANCH,))):
+            batches[key] = (br, conds.context_batch(br), conds.canvas_batch(br),
+                            torch.tensor([b != 0 for b in br], device=conds.contexts.device))
         unet = self.nets.unet
         prediction = self.models.config["prediction_type"]  # read_renderer_config fills it in
         lookup = {round(float(k), 4): v for k, v in (sigma_to_t or {}).items()}
@@ -140,12 +146,20 @@ class Renderer:
             t = lookup.get(round(s, 4))
             if t is None:
                 t = self.schedule.timestep(s)
-            n = len(branches)
+            guided = guidance_interval is None or guidance_interval[0] <= s <= guidance_interval[1]
+            br, contexts, feats, use_ref = batches["guided" if guided else "conditional"]
+            n = len(br)
+            self.unet_passes += n
             x_in = (x / (s**2 + 1) ** 0.5).to(contexts.dtype).repeat(n, 1, 1, 1)
             t_in = torch.full((n,), t, device=x.device, dtype=torch.float32)
             eps_all = eps_from_output(unet(x_in, t_in, contexts, feats, conds.banks, use_ref), x_in, s,
                                       prediction).to(x.dtype)
-            eps = combine_weighted(eps_all, branches, scales) if fast else combine_six(eps_all, scales)
+            if not guided:
+                eps = eps_all
+            elif fast:
+                eps = combine_weighted(eps_all, br, scales)
+            else:
+                eps = combine_six(eps_all, scales)
             if trace is not None:
                 trace.append({"sigma": s, "t": t, "eps_branches": eps_all, "eps": eps})
             return check_finite(x - s * eps, "renderer UNet", f"denoising step at sigma {s:.4g}")
@@ -159,8 +173,11 @@ class Renderer:
                prev_latents: torch.Tensor | None = None, combine_ratio: float = 0.2,
                sampler: ExternalSampler | None = None, sigmas: torch.Tensor | None = None,
                callback=None, trace: list | None = None, start_latents: torch.Tensor | None = None,
-               denoise: float = 1.0) -> RenderResult:
-        """Sample one keyframe. Without ``sampler``/``sigmas`` this is the release's Euler-ancestral run.
+               denoise: float = 1.0, sampler_name: str = "euler_ancestral",
+               guidance_interval: tuple[float, float] | None = None) -> RenderResult:
+        """Sample one keyframe. Without ``sampler``/``sigmas`` this is the release's Euler-ancestral run;
+        ``sampler_name`` picks another built-in sampler (:data:`.sampling.SAMPLERS`), ``guidance_interval``
+        limits guidance to a sigma interval (see :meth:`denoiser`).
 
         ``denoise`` < 1 (with ``start_latents``, the canvas's latents) starts like an img2img run: the
         first round(steps * (1 - denoise)) sigmas are skipped and sampling starts from the canvas noised
@@ -186,7 +203,7 @@ class Renderer:
             sigmas = sigmas[min(int(round((len(sigmas) - 1) * (1.0 - denoise))), len(sigmas) - 2):]
         steps = len(sigmas) - 1
         sigmas_dev = sigmas.to(device)
-        den = self.denoiser(conds, scales, fast, sigma_to_t, trace)
+        den = self.denoiser(conds, scales, fast, sigma_to_t, trace, guidance_interval)
         init_noise = noise.initial()
         x = init_noise * sigmas_dev[0]
         if denoise < 1.0:
@@ -204,7 +221,9 @@ class Renderer:
                         x = m * x + (1 - m) * (prev + init_noise * sigmas_dev[i + 1])
                     return x
 
-            x = sample_euler_ancestral(den, x, sigmas_dev, noise, callback=callback, post_step=post)
+            if sampler_name not in SAMPLERS:
+                raise ValueError(f"unknown sampler {sampler_name!r} (built in: {', '.join(SAMPLERS)})")
+            x = SAMPLERS[sampler_name](den, x, sigmas_dev, noise, callback=callback, post_step=post)
         else:
             if n_combine:
                 prev = prev_latents.to(device, x.dtype)

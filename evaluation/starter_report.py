@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="output/starter_eval")
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--seed", type=int, default=1000, help="seed of the held-out processes (not the training seed)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps per keyframe")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per keyframe (default: PaintSettings')")
     p.add_argument("--paint-seed", type=int, default=1)
     p.add_argument("--max-keyframes", type=int, default=50)
     p.add_argument("--figure-painting", type=int, default=0, help="index of the painting shown in the figures")
@@ -204,6 +204,10 @@ def main(argv=None) -> int:
 
     models = Path(a.models)
     info = json.loads((models / "starter.json").read_text())["options"]
+    if a.steps is None:  # recorded in the results and the card as a number
+        from ..core.loop import PaintSettings
+
+        a.steps = PaintSettings.for_model(models).steps
     out = Path(a.out)
     if out.exists():  # only ever replace a previous report, never an unrelated folder
         if any(out.iterdir()) and not (out / "results.json").is_file():

@@ -5,7 +5,7 @@ The node modules must import (and the unit tests must run) without ComfyUI, so e
 
 * model folder registration and lookup (``models/inverse_painting/``), the example painting in ``input/``,
 * devices and dtypes (``comfy.model_management`` or torch alone),
-* moving our networks through ComfyUI's memory manager (a ``ModelPatcher`` per loaded model set),
+* moving our networks through ComfyUI's memory manager (a ``ModelPatcher`` per network),
 * progress bars with previews and the interruption check,
 * driving the core denoiser with a ComfyUI ``SAMPLER`` (KSAMPLER ``sampler_function``), and ComfyUI's
   schedulers on the renderer's own noise schedule.
@@ -209,6 +209,18 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     return torch.float16
 
 
+def memory_tier(choice: str, device: torch.device, text_model: bool = True):
+    """The core.memory tier for a loader's ``vram`` input; ``auto`` reads the device's free memory (ComfyUI's
+    own figure inside ComfyUI)."""
+    from ..core.memory import choose_tier, free_device_bytes
+
+    free = None
+    if torch.device(device).type != "cpu":
+        mm = model_management()
+        free = float(mm.get_free_memory(device)) if mm is not None else free_device_bytes(device)
+    return choose_tier(choice, free, text_model=text_model)
+
+
 def intermediate_device() -> torch.device:
     mm = model_management()
     return mm.intermediate_device() if mm is not None else torch.device("cpu")
@@ -219,7 +231,8 @@ def intermediate_device() -> torch.device:
 
 
 class ModuleBundle(torch.nn.Module):
-    """Groups the networks of one loaded model set so ComfyUI's ModelPatcher can move them together."""
+    """Wraps one network for ComfyUI's ModelPatcher, which reads and sets ``.device`` (a read-only property
+    on transformers models)."""
 
     def __init__(self, modules: dict[str, torch.nn.Module]):
         super().__init__()
@@ -228,32 +241,97 @@ class ModuleBundle(torch.nn.Module):
 
 
 class ManagedModules:
-    """Load/offload a set of modules through ``comfy.model_management`` (plain no-op outside ComfyUI).
+    """Each network registered with ``comfy.model_management`` separately (its own ModelPatcher), so ComfyUI
+    pages them one by one; outside ComfyUI a :class:`..core.memory.Residency` moves them by hand.
 
-    ``ensure_loaded()`` asks ComfyUI to bring the modules to the load device (unloading other models
-    when memory is short); ComfyUI moves them back to the offload device itself when another model needs
-    the memory or on ``/free`` -- the same policy as for its own checkpoints.
+    The same interface as ``Residency`` (``register``, ``install_hooks``, ``use``, ``release``, ``device``), so
+    ``ModelSet.attach_residency`` puts a model set under ComfyUI's memory manager: a network is loaded by a
+    forward hook when it runs (``load_models_gpu``, which unloads others when memory is short), and
+    ``release`` unloads one (the ReferenceNet once the target's banks exist, in the tiers that say so).
+    ``ensure_loaded()`` loads them all (the ``full`` tier; nodes that run them outside the core).
+    Patchers are the legacy ``ModelPatcher``: our diffusers/transformers networks are plain nn.Modules, which
+    ComfyUI's dynamic-VRAM patcher would only force-load anyway.
     """
 
     def __init__(self, modules: dict[str, torch.nn.Module], load_device: torch.device):
-        self.load_device = torch.device(load_device)
-        self.bundle = ModuleBundle(modules)
-        self.patcher = None
-        mm = model_management()
-        if mm is not None:
-            try:
-                import comfy.model_patcher
+        from ..core.memory import Residency
 
-                self.patcher = comfy.model_patcher.ModelPatcher(self.bundle, load_device=self.load_device,
-                                                                offload_device=offload_device())
-            except Exception as exc:  # noqa: BLE001 - never fail the node over memory bookkeeping
-                log.warning("Inverse Painting: ModelPatcher unavailable (%s); moving modules by hand", exc)
+        self.load_device = self.device = torch.device(load_device)
+        self.bundles: dict[str, ModuleBundle] = {}
+        self.patchers: dict = {}
+        self.fallback = None if model_management() is not None else Residency(self.load_device, offload_device())
+        for name, module in modules.items():
+            self.register(name, module)
+
+    def register(self, name: str, module: torch.nn.Module, reload=None, pinned: bool = False, resident: bool = False,
+                 size=None, dropped: bool = False) -> None:
+        if self.fallback is not None:
+            self.fallback.register(name, module, pinned=pinned)  # weights are kept in RAM: no reload
+            return
+        self.bundles[name] = ModuleBundle({name: module})
+        if pinned:  # quantized layers cannot move: not paged
+            return
+        try:
+            import comfy.model_patcher
+
+            self.patchers[name] = comfy.model_patcher.ModelPatcher(self.bundles[name], load_device=self.load_device,
+                                                                   offload_device=offload_device())
+        except Exception as exc:  # noqa: BLE001 - never fail the node over memory bookkeeping
+            log.warning("Inverse Painting: ModelPatcher unavailable for %s (%s); moving it by hand", name, exc)
+
+    def _is_loaded(self, name: str) -> bool:
+        bundle = self.bundles.get(name)
+        return bundle is not None and bundle.device is not None and torch.device(bundle.device) == self.load_device
+
+    def use(self, *names: str) -> None:
+        if self.fallback is not None:
+            self.fallback.use(*names)
+            return
+        # ComfyUI decides: it may have unloaded a network, or part of one, since the last call
+        patchers = [self.patchers[n] for n in names if n in self.patchers]
+        if patchers:
+            model_management().load_models_gpu(patchers, force_full_load=True)
+        for n in names:
+            if n in self.bundles and n not in self.patchers and not self._is_loaded(n):
+                self.bundles[n].to(self.load_device)
+                self.bundles[n].device = self.load_device
+
+    def release(self, name: str) -> None:
+        """Unload one network to the offload device (ComfyUI's own unload of that model)."""
+        if self.fallback is not None:
+            self.fallback.release(name)
+            return
+        patcher = self.patchers.get(name)
+        if patcher is None or not self._is_loaded(name):
+            return
+        mm = model_management()
+        try:
+            for i, loaded in enumerate(list(mm.current_loaded_models)):
+                if loaded.model is patcher:
+                    loaded.model_unload()
+                    mm.current_loaded_models.pop(i)
+                    break
+        except Exception as exc:  # noqa: BLE001 - an internal API: leave paging to ComfyUI then
+            log.warning("Inverse Painting: could not unload %s (%s); ComfyUI will page it", name, exc)
+
+    def install_hooks(self, name: str) -> None:
+        """Load the network (``use``) before its forward or that of a direct child; move tensor inputs along."""
+        if self.fallback is not None:
+            self.fallback.install_hooks(name)
+            return
+        module = self.bundles[name].parts[name.replace(".", "_")]
+
+        def pre_hook(mod, args, kwargs):
+            self.use(name)
+            to = lambda v: v.to(self.load_device) if torch.is_tensor(v) else v  # noqa: E731
+            return tuple(to(a) for a in args), {k: to(v) for k, v in kwargs.items()}
+
+        for m in (module, *module.children()):
+            m.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def ensure_loaded(self) -> torch.device:
-        if self.patcher is not None:
-            model_management().load_models_gpu([self.patcher], force_full_load=True)
-        else:
-            self.bundle.to(self.load_device)
+        """Every network on the load device."""
+        self.use(*(self.fallback.modules if self.fallback is not None else self.bundles))
         return self.load_device
 
 

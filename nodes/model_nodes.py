@@ -4,8 +4,9 @@
 folder at once but loads weights only when a downstream node first needs them (lazy). Loaded
 weights are shared through a small in-process cache, keyed by folder, file times and settings, so
 re-running a workflow or using two loaders with the same settings loads once. The networks are
-registered with ComfyUI's memory manager (a ModelPatcher over all of them) so they are moved to the
-compute device on use and offloaded when ComfyUI needs the memory or on /free.
+registered with ComfyUI's memory manager one by one (a ModelPatcher per network), so each is moved to the
+compute device when it runs and offloaded when ComfyUI needs the memory or on /free; the ``vram`` input
+picks a memory tier (core/memory.py: which networks are released when, the text model's precision).
 
 ``InversePaintingTextModelLoader`` does the same for the LLaVA text-instruction model, which is
 separate because it is large (7B) and optional (instructions may be written by hand).
@@ -34,6 +35,8 @@ MODEL_TYPE = "INVERSE_PAINTING_MODEL"
 TEXT_MODEL_TYPE = "INVERSE_PAINTING_TEXT_MODEL"
 COMPONENTS = ["renderer + mask generator", "renderer only", "mask generator only"]
 METRICS = metrics.METRIC_CHOICES
+VRAM_CHOICES = ["auto", "full", "12gb", "8gb", "notext"]  # core.memory.TIER_CHOICES
+TEXT_VRAM_CHOICES = ["auto", "full", "12gb", "8gb"]
 _CACHE_SIZE = 2
 _cache: "OrderedDict[tuple, object]" = OrderedDict()
 _cache_lock = threading.Lock()
@@ -82,7 +85,7 @@ class InversePaintingModel:
     """INVERSE_PAINTING_MODEL: one release + how to run it; loads on first use."""
 
     def __init__(self, path, device: str = "auto", precision: str = "auto", components: str = COMPONENTS[0],
-                 metric: str = METRICS[0], short_side: int = 0):
+                 metric: str = METRICS[0], short_side: int = 0, vram: str = "auto"):
         from ..core.loop import PaintSettings
 
         self.path = Path(path)
@@ -103,13 +106,14 @@ class InversePaintingModel:
         self.painting = PaintSettings.for_model(self.path, short_side=int(short_side) or None)
         self.device = cb.resolve_device(device)
         self.dtype = cb.resolve_dtype(precision, self.device)
+        self.tier = cb.memory_tier(vram, self.device)
         self.signature = _folder_signature(self.path)
 
     # ------------------------------------------------------------------ loading
     @property
     def key(self) -> tuple:
         return (str(self.path.resolve()), self.signature, str(self.device), str(self.dtype), self.components,
-                self.metric_name)
+                self.metric_name, self.tier.name)
 
     def _build(self) -> _LoadedRelease:
         from ..core.loop import Painter
@@ -119,7 +123,10 @@ class InversePaintingModel:
                                        renderer=self.components != "mask generator only",
                                        mask_generator=self.components != "renderer only")
         metric = metrics.load(self.metric_name, self.lpips_dir)
-        managed = cb.ManagedModules({**models.modules(), "perceptual_metric": metric}, self.device)
+        managed = cb.ManagedModules({}, self.device)
+        models.attach_residency(managed, release_referencenet=self.tier.release_referencenet)
+        managed.register("perceptual_metric", metric)
+        managed.install_hooks("perceptual_metric")
         if models.renderer is not None:
             painter = Painter(models, metric)
             renderer, mask_generator = painter.renderer, painter.mask_generator
@@ -132,7 +139,8 @@ class InversePaintingModel:
     def load(self) -> _LoadedRelease:
         """The loaded networks, on the compute device (ComfyUI may have offloaded them meanwhile)."""
         loaded = _cached(self.key, self._build)
-        device = loaded.managed.ensure_loaded()
+        # the full tier loads everything now; the others load each network when it runs
+        device = loaded.managed.ensure_loaded() if self.tier.name == "full" else loaded.managed.load_device
         if loaded.models.device != device:
             loaded.models.device = device
             loaded.models.text.clear()  # cached encodings live on the old device
@@ -179,7 +187,7 @@ class InversePaintingModel:
         from ..core.loop import MODEL_PAINT_CHOICES
 
         return {"release": self.path.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "components": self.components, "perceptual_metric": self.metric_name,
+                "components": self.components, "perceptual_metric": self.metric_name, "vram": self.tier.name,
                 **{k: getattr(self.painting, k) for k in MODEL_PAINT_CHOICES},
                 "renderer_checkpoint": self.paths.renderer.name if self.paths.renderer else None,
                 "mask_generator_checkpoint": self.paths.mask_generator.name if self.paths.mask_generator else None}
@@ -192,13 +200,19 @@ class InversePaintingTextModel:
     """INVERSE_PAINTING_TEXT_MODEL: a LLaVA text-instruction generator; loads on first use."""
 
     def __init__(self, path, device: str = "auto", precision: str = "auto", vision_tower_path: str = "",
-                 max_new_tokens: int = 512, stop_at_separator: bool = True):
+                 max_new_tokens: int = 512, stop_at_separator: bool = True, vram: str = "auto"):
+        from ..core.memory import text_placement
+
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             from ..core.errors import MissingPathError
 
             raise MissingPathError(f"{self.path} has no config.json: not a LLaVA folder (TP_llava or llava-hf)")
         self.device = cb.resolve_device(device)
+        self.tier = cb.memory_tier("full" if vram == "notext" else vram, self.device)
+        # the tier's place for it: this device (fp16), 8/4-bit on CUDA with bitsandbytes, else the CPU
+        where, self.quantization = text_placement(self.tier, self.device)
+        self.device = torch.device(where)
         self.dtype = cb.resolve_dtype(precision, self.device)
         self.vision_tower_path = vision_tower_path.strip() or None
         if self.vision_tower_path is None and (self.path / "vision_tower").is_dir():
@@ -212,7 +226,7 @@ class InversePaintingTextModel:
     @property
     def key(self) -> tuple:
         return ("text", str(self.path.resolve()), self.signature, str(self.device), str(self.dtype),
-                self.vision_tower_path)
+                self.vision_tower_path, self.quantization)
 
     def _build(self):
         from ..models.text_instruction import TextInstructionGenerator
@@ -220,9 +234,16 @@ class InversePaintingTextModel:
         log.info("Inverse Painting: loading text model %s (%s, %s)", self.path, self.device, self.dtype)
         gen = TextInstructionGenerator.from_pretrained(
             str(self.path), device=cb.offload_device(), dtype=self.dtype, vision_tower_path=self.vision_tower_path,
-            # the official run keeps the CLIP tower in fp32 (spec 2.2)
-            vision_dtype=torch.float32)
-        managed = cb.ManagedModules({"llava": gen.model}, self.device)
+            # the official run keeps the CLIP tower in fp32 (spec 2.2); quantized tiers halve it
+            vision_dtype=torch.float16 if self.quantization else torch.float32)
+        managed = cb.ManagedModules({}, self.device)
+        if self.quantization:
+            from ..core.memory import quantize_linears
+            from ..models.text_instruction import _part
+
+            quantize_linears(_part(gen.model, "language_model"), 8 if self.quantization == "8bit" else 4)
+            gen.model.to(self.device)  # bitsandbytes quantizes on the move; it stays there (not paged)
+        managed.register("llava", gen.model, pinned=bool(self.quantization))
         return gen, managed
 
     def _ready(self):
@@ -285,6 +306,11 @@ class InversePaintingLoader:
                                    "resolution: the target is resized so its short side is this, then padded to "
                                    "multiples of 16. 0 = the model's training size (512 for released models, 128 "
                                    "for the bundled starter). Every node using this model works at this size."}),
+        }, "optional": {
+            "vram": (VRAM_CHOICES, {"default": "auto", "tooltip": "Memory tier (README: Memory). full: every "
+                                    "network stays on the GPU; 12gb / 8gb / notext: the ReferenceNet is released "
+                                    "once the target's banks exist and each network is loaded when it runs, so "
+                                    "ComfyUI pages them; auto: from the free VRAM."}),
         }}
 
     @classmethod
@@ -295,10 +321,10 @@ class InversePaintingLoader:
             return float("nan")
 
     def load(self, release, device="auto", precision="auto", components=COMPONENTS[0],
-             perceptual_metric=METRICS[0], short_side=0):
+             perceptual_metric=METRICS[0], short_side=0, vram="auto"):
         try:
             path = cb.resolve_model_path(release)
-            return (InversePaintingModel(path, device, precision, components, perceptual_metric, short_side),)
+            return (InversePaintingModel(path, device, precision, components, perceptual_metric, short_side, vram),)
         except WeightFileError as exc:
             raise RuntimeError(f"Load Inverse Painting: {exc}") from exc
 
@@ -333,10 +359,14 @@ class InversePaintingTextModelLoader:
         }, "optional": {
             "vision_tower_path": ("STRING", {"default": "", "tooltip": "Local CLIP-L/336 folder, needed when "
                                              "TP_llava has no saved vision tower (it names a hub model)."}),
+            "vram": (TEXT_VRAM_CHOICES, {"default": "auto", "tooltip": "Memory tier (README: Memory). full: "
+                                         "fp16 on the GPU (about 15 GB for LLaVA-7B); 12gb: 8-bit, 8gb: 4-bit "
+                                         "(bitsandbytes on CUDA), else on the CPU; auto: from the free VRAM. "
+                                         "Without a text model at all, wire any STRING into the instructions."}),
         }}
 
     def load(self, text_model, device="auto", precision="auto", max_new_tokens=32, stop_at_separator=True,
-             vision_tower_path=""):
+             vision_tower_path="", vram="auto"):
         path = cb.resolve_model_path(text_model)
         return (InversePaintingTextModel(path, device, precision, vision_tower_path or "", max_new_tokens,
-                                         stop_at_separator),)
+                                         stop_at_separator, vram),)
