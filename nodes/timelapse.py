@@ -142,7 +142,8 @@ class InversePaintingTimelapse:
             "start_canvas": ("IMAGE", {"tooltip": "Start from this image instead of a white canvas (a toned ground, "
                                                   "a sketch, a partly finished painting); one for every painting, "
                                                   "or one each."}),
-            "sampler": ("SAMPLER", {"tooltip": "Optional ComfyUI KSAMPLER. Default: the release's Euler ancestral."}),
+            "sampler": ("SAMPLER", {"tooltip": "Optional ComfyUI KSAMPLER. Default: the model's sampling "
+                                               "(DPM-Solver++(2M), or the release's Euler ancestral)."}),
             "sigmas": ("SIGMAS", {"tooltip": "Optional noise schedule used for every keyframe. Default: the "
                                              "release's schedule with 'steps' steps."}),
             "threshold_ladder": ("BOOLEAN", {"default": True, "tooltip": "The release's mask threshold ladder (off: "
@@ -259,7 +260,7 @@ class InversePaintingTimelapse:
             "notice": AI_NOTICE,
             "model": model.describe(),
             "settings": settings.to_dict(),
-            "sampler": cb.sampler_name(sampler) if sampler is not None else "euler_ancestral (release)",
+            "sampler": cb.sampler_name(sampler) if sampler is not None else settings.sampler,
             "sigmas": [round(float(s), 6) for s in sig] if sig is not None else None,
             "working_size": [h, w],
             "padded_size": list(working.hw),
