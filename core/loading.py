@@ -278,6 +278,14 @@ def read_yaml(path: Path, what: str = "file") -> dict:
     return data
 
 
+def needs_fp32(folder) -> bool:
+    """A starter's networks (``starter.json`` in the folder or, for its TP_llava, the one above) were trained from
+    scratch in fp32 and overflow fp16 (measured: NaN in the ReferenceNet's features); they are small, so the
+    automatic precision keeps them in fp32. Released weights (SD1.5-based) run in fp16 as the release does."""
+    folder = Path(folder)
+    return (folder / "starter.json").is_file() or (folder.parent / "starter.json").is_file()
+
+
 def paint_defaults(root) -> dict:
     """Painting settings a model folder asks for; empty for released models (the release's defaults).
 

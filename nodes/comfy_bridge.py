@@ -193,10 +193,12 @@ def offload_device() -> torch.device:
     return mm.unet_offload_device() if mm is not None else torch.device("cpu")
 
 
-def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(choice: str, device: torch.device, half_ok: bool = True) -> torch.dtype:
+    """The loaders' precision: a named one, or ``auto`` (fp32 on the CPU and for a model that cannot run in half
+    precision, ``half_ok`` False; else what ComfyUI uses on this device)."""
     if choice in _DTYPES:
         return _DTYPES[choice]
-    if device.type == "cpu":
+    if device.type == "cpu" or not half_ok:
         # half precision convolutions are 50x slower than fp32 on CPUs without AVX-512 BF16
         return torch.float32
     mm = model_management()

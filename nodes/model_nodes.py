@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..core.imaging import WorkingImage, prepare_image
-from ..core.loading import WeightFileError, find_release
+from ..core.loading import WeightFileError, find_release, needs_fp32
 from . import comfy_bridge as cb
 from . import metrics
 
@@ -105,7 +105,7 @@ class InversePaintingModel:
         # the step and time-lapse nodes start from it
         self.painting = PaintSettings.for_model(self.path, short_side=int(short_side) or None)
         self.device = cb.resolve_device(device)
-        self.dtype = cb.resolve_dtype(precision, self.device)
+        self.dtype = cb.resolve_dtype(precision, self.device, half_ok=not needs_fp32(self.path))
         self.tier = cb.memory_tier(vram, self.device)
         self.signature = _folder_signature(self.path)
 
@@ -213,7 +213,7 @@ class InversePaintingTextModel:
         # the tier's place for it: this device (fp16), 8/4-bit on CUDA with bitsandbytes, else the CPU
         where, self.quantization = text_placement(self.tier, self.device)
         self.device = torch.device(where)
-        self.dtype = cb.resolve_dtype(precision, self.device)
+        self.dtype = cb.resolve_dtype(precision, self.device, half_ok=not needs_fp32(self.path))
         self.vision_tower_path = vision_tower_path.strip() or None
         if self.vision_tower_path is None and (self.path / "vision_tower").is_dir():
             # the README's place for LLaVA's CLIP-L/336 when TP_llava does not hold its weights
@@ -293,7 +293,8 @@ class InversePaintingLoader:
             "device": (cb.DEVICE_CHOICES, {"default": "auto", "tooltip": "auto: ComfyUI's device (GPU if "
                                            "available); cpu: always the CPU."}),
             "precision": (cb.PRECISION_CHOICES, {"default": "auto", "tooltip": "auto: fp16 on GPUs that support "
-                                                 "it, fp32 on CPU (half precision is very slow on CPUs)."}),
+                                                 "it, fp32 on CPU (half precision is very slow on CPUs) and for the "
+                                                 "bundled starter (its small networks overflow fp16)."}),
             "components": (COMPONENTS, {"default": COMPONENTS[0], "tooltip": "Which networks to load; the "
                                         "time-lapse needs both."}),
             "perceptual_metric": (METRICS, {"default": METRICS[0], "tooltip": "Distance used for the difference "

@@ -757,3 +757,17 @@ def test_example_workflows_are_consistent(name):
     for node in ui["nodes"]:
         if node["type"] in info:
             assert node["size"][1] >= node_size(node["type"], info[node["type"]])[1], f"{name}: node {node['id']}"
+
+
+def test_auto_precision_keeps_a_starter_in_fp32(monkeypatch):
+    """On a GPU, 'auto' is ComfyUI's half precision for released weights, but fp32 for the starter, whose networks
+    overflow fp16 (NaN in its ReferenceNet measured in fp16): the default workflows must not fail on a GPU."""
+    from inverse_painting.core.loading import needs_fp32
+
+    starter = REPO / "assets" / "starter_model"
+    assert needs_fp32(starter) and needs_fp32(starter / "TP_llava")
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(cb, "model_management", lambda: None)  # outside ComfyUI: fp16 on a GPU
+    assert cb.resolve_dtype("auto", gpu, half_ok=False) == torch.float32
+    assert cb.resolve_dtype("auto", gpu) == torch.float16
+    assert cb.resolve_dtype("fp16", gpu, half_ok=False) == torch.float16  # a named precision is the user's
