@@ -174,3 +174,54 @@ def test_two_processes_paint_the_frames_of_one(paintings, tiny_release, tmp_path
     assert _snapshot(tmp_path / "two") == _snapshot(tmp_path / "one")
     index = json.loads((tmp_path / "two" / "index.json").read_text())
     assert index["complete"] and index["counts"] == {"complete": 3}
+
+
+@pytest.mark.slow
+def test_starter_folder_run_two_processes_kill_and_resume(tmp_path):
+    """With the bundled starter: 5 files, one of them unreadable. Two torchrun processes paint the same frames as
+    one process; the unreadable file is recorded in the index while the other 4 finish; a one-process run killed
+    (SIGKILL) after 2 finished paintings resumes to the same frames."""
+    import signal
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    for name in "abcd":
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(src / f"{name}.png")
+    (src / "e.png").write_bytes(b"not a png")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    fast = ["--steps", "2", "--max-keyframes", "2", "--short-side", "64", "--instructions", "sky|land",
+            "--finish-frames", "0"]
+    cli = [sys.executable, "-m", "inverse_painting.cli", "paint", str(src), *fast, "--out"]
+
+    one = subprocess.run([*cli, str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 1, one.stderr  # 1: not every painting could be made
+    rows = {r["name"]: r for r in json.loads((tmp_path / "one" / "index.json").read_text())["paintings"]}
+    assert {n: r["status"] for n, r in rows.items()} == {**dict.fromkeys("abcd", "complete"), "e": "invalid"}
+    assert "cannot read it as an image" in rows["e"]["error"]
+    reference = _snapshot(tmp_path / "one")
+    assert len([k for k in reference if k.split("/")[1] == "frames"]) == 4 * 3
+
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *cli[1:], str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 1, two.stderr[-2000:]
+    assert _snapshot(tmp_path / "two") == reference
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cli, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        index = killed / "index.json"
+        done = [r for r in json.loads(index.read_text())["paintings"] if r["status"] == "complete"] \
+            if index.is_file() else []
+        if len(done) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    resumed = subprocess.run([*cli, str(killed), "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 1, resumed.stderr
+    assert _snapshot(killed) == reference
+    counts = json.loads((killed / "index.json").read_text())["counts"]
+    assert counts == {"complete": 4, "invalid": 1}

@@ -113,6 +113,29 @@ def test_manual_instruction_timelapse(comfy_server, pack_nodes):
     assert set(timeline["distances"]) == {"lpips_to_target", "lpips_to_reconstruction", "lpips_change"}
 
 
+def test_timelapse_paints_a_batch_one_folder_each(comfy_server, pack_nodes):
+    """A batch of 3 paintings (the example, its negative, the example again) into one Time-lapse node: one
+    time-lapse per painting, each saved in its own run folder and ending on its own painting."""
+    prompt = wf(MANUAL, **FAST_TIMELAPSE, **{"4.max_keyframes": 1, "4.finish_frames": 1, "4.seed": 5})
+    prompt["20"] = {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}
+    prompt["21"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["20", 0]}}
+    prompt["22"] = {"class_type": "ImageBatch", "inputs": {"image1": ["21", 0], "image2": ["1", 0]}}
+    prompt["4"]["inputs"]["target"] = ["22", 0]
+    out = comfy_server.run(prompt, timeout=900)
+    saved = out["5"]["images"]
+    assert [item["filename"] for item in saved] == ["timelapse.webp"] * 3
+    run_dirs = [comfy_server.output_file(item).parent for item in saved]
+    assert len(set(run_dirs)) == 3  # one run folder per painting, none written over another
+    painting = _painting()
+    expected = [painting, 255 - painting, painting]
+    for run_dir, target in zip(run_dirs, expected):
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert len(manifest["keyframes"]) == 3  # start canvas + 1 keyframe + 1 finishing frame
+        last = np.asarray(Image.open(run_dir / manifest["keyframes"][-1]["file"]).convert("RGB"))
+        assert np.array_equal(last, target)
+    assert len(out["6"]["images"]) == 9  # the preview got every painting's frames
+
+
 def test_full_timelapse_with_text_model(comfy_server, pack_nodes):
     fast = {**FAST_TIMELAPSE, "4.max_keyframes": 2, "4.seed": 12, "3.max_new_tokens": 4, "4.finish_frames": 1}
     out = comfy_server.run(wf(FULL, **fast), timeout=900)
