@@ -116,7 +116,7 @@ def test_manual_instruction_timelapse(comfy_server, pack_nodes):
 def test_timelapse_paints_a_batch_one_folder_each(comfy_server, pack_nodes):
     """A batch of 3 paintings (the example, its negative, the example again) into one Time-lapse node: one
     time-lapse per painting, each saved in its own run folder and ending on its own painting."""
-    prompt = wf(MANUAL, **FAST_TIMELAPSE, **{"4.max_keyframes": 1, "4.finish_frames": 1, "4.seed": 5})
+    prompt = wf(MANUAL, **{**FAST_TIMELAPSE, "4.max_keyframes": 1, "4.finish_frames": 1, "4.seed": 5})
     prompt["20"] = {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}
     prompt["21"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["20", 0]}}
     prompt["22"] = {"class_type": "ImageBatch", "inputs": {"image1": ["21", 0], "image2": ["1", 0]}}
