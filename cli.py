@@ -120,7 +120,7 @@ class _PaintContext:
         rec = dict(self.settings.to_dict(), metric=self.metric_name, models=str(self.models_dir.resolve()),
                    dtype=self.args.dtype, official_fp16_time=bool(self.args.official_fp16_time),
                    instructions=self.instructions, vram=self.tier.name, text_dtype=self.args.text_dtype,
-                   text_max_tokens=self.args.text_max_tokens)
+                   text_max_tokens=self.args.text_max_tokens, frame_size=self.args.frame_size)
         if working is not None:
             rec.update(target_sha256=working_sha256(working), image=str(image))
         return json.loads(json.dumps(rec))  # as a manifest reads back (tuples as lists), so --resume compares alike
@@ -129,7 +129,11 @@ class _PaintContext:
         from .core.imaging import load_image, prepare_image
 
         pixels, note = load_image(image_path)
-        return prepare_image(pixels, self.settings.short_side, name=str(image_path)), note
+        return prepare_image(pixels, self.settings.short_side, name=str(image_path)), note, pixels
+
+    def painting(self, pixels):
+        """What paint_run writes the frames' size from (None: the working size)."""
+        return pixels if self.args.frame_size == "painting" else None
 
     def painter(self):
         """(painter, instructions), loaded on first use."""
@@ -250,7 +254,7 @@ def _paint_single(ctx: _PaintContext, image_path: Path) -> int:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise OptionError("one image cannot be shared between processes: give a folder or a glob of paintings")
-    working, note = ctx.prepare(image_path)
+    working, note, pixels = ctx.prepare(image_path)
     run_settings = ctx.settings_for(working, image_path)
     out = Path(ctx.args.out)
     plan = plan_run(out, run_settings, ctx.mode)
@@ -265,7 +269,7 @@ def _paint_single(ctx: _PaintContext, image_path: Path) -> int:
         print(f"resuming {out} after keyframe {plan.painted}")
     start = time.time()
     try:
-        manifest = paint_run(plan, painter, working, ctx.settings, text, run_settings,
+        manifest = paint_run(plan, painter, working, ctx.settings, text, run_settings, painting=ctx.painting(pixels),
                              on_keyframe=lambda kf: print(_keyframe_line(kf, time.time() - start), flush=True))
     except KeyboardInterrupt:
         print(f"interrupted: the frames so far are kept in {out}; continue with the same command and --resume",
@@ -352,7 +356,7 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
     plans = {}
     for job in mine:  # checked up front; a painting that cannot be painted is recorded and the others go on
         try:
-            working, note = ctx.prepare(job.image)
+            working, note, _ = ctx.prepare(job.image)  # pixels read again when painted: not all held at once
             plan = plan_run(job.folder(out), ctx.settings_for(working, job.image), ctx.mode, f"{job.name}/")
         except UserInputError as exc:
             records[job.name] = record(job, out, "invalid", str(exc))
@@ -372,8 +376,9 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
             progress.start(i + 1, job.name)
             try:
                 painter, text = ctx.painter()
+                pixels = ctx.prepare(job.image)[2] if ctx.args.frame_size == "painting" else None
                 paint_run(plan, painter, working, ctx.settings, text, ctx.settings_for(working, job.image),
-                          on_keyframe=progress.keyframe)
+                          on_keyframe=progress.keyframe, painting=pixels)
                 records[job.name] = record(job, out, "complete")
                 progress.done(f"{job.name}: {records[job.name]['frames']} frames ({painter.last_stop_reason})")
             except KeyboardInterrupt:
@@ -569,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("--finish-frames", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="after the stop, N keyframes cross-fading to the painting itself, so the time-lapse "
                             "ends on it (default: the model folder's choice; 0 = the release)")
+    paint.add_argument("--frame-size", choices=("painting", "working"), default="painting",
+                       help="size of the written frames and videos: the painting's own (each keyframe scaled up from "
+                            "the working size; the last finishing frame is the painting itself) or the working size "
+                            "(default: painting)")
     paint.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     paint.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     paint.add_argument("--six-branch", action="store_true", help="evaluate all six guidance branches (release order)")

@@ -160,6 +160,25 @@ def cross_fade(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return np.clip(a + t * (np.asarray(b, dtype=np.float32) - a) + 0.5, 0, 255).astype(np.uint8)
 
 
+FRAME_SIZES = ("painting", "working")  # the size frames are written at: the painting's own, or the working size
+
+
+def frame_to_size(frame: np.ndarray, hw) -> np.ndarray:
+    """A uint8 HWC frame at ``hw`` (h, w): Lanczos, unchanged when it already has that size."""
+    h, w = int(hw[0]), int(hw[1])
+    if frame.shape[:2] == (h, w):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((w, h), Image.LANCZOS))
+
+
+def mask_to_size(mask: np.ndarray, hw) -> np.ndarray:
+    """A uint8 HW mask at ``hw`` (h, w), nearest neighbour (a mask stays hard-edged)."""
+    h, w = int(hw[0]), int(hw[1])
+    if mask.shape[:2] == (h, w):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+
+
 def pad_to_multiple(image: np.ndarray, multiple: int = 16) -> np.ndarray:
     """Zero-pad (black) at the bottom and right up to multiples of ``multiple``."""
     h, w = image.shape[:2]

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import OptionError, OutputFolderError
 from .export import MANIFEST, ProcessWriter, prepare_output
-from .imaging import WorkingImage
+from .imaging import WorkingImage, cross_fade, frame_to_size, mask_to_size
 from .loop import DISTANCE_FIELDS, Keyframe, LoopState, Painter, PaintSettings
 
 MODES = ("new", "overwrite", "resume")
@@ -71,22 +71,40 @@ def plan_run(out, settings: dict, mode: str = "new", what: str = "--out") -> Run
 
 
 def paint_run(plan: RunPlan, painter: Painter, working: WorkingImage, settings: PaintSettings, text,
-              run_settings: dict, on_keyframe: Callable[[Keyframe], None] | None = None, **paint_kwargs) -> dict:
+              run_settings: dict, on_keyframe: Callable[[Keyframe], None] | None = None,
+              painting: np.ndarray | None = None, **paint_kwargs) -> dict:
     """Paint the planned run to its end; returns the complete manifest. On an interruption or an error the folder
-    is marked (``"status": "interrupted"`` and the reason) and the exception goes on."""
+    is marked (``"status": "interrupted"`` and the reason) and the exception goes on.
+
+    With ``painting`` (the painting as loaded, uint8 HWC) the frames and masks are written at its size: each
+    keyframe scaled up from the working size, and the finishing cross-fade mixed at that size from the last
+    painted frame to the painting itself, so the last frame is the painting pixel for pixel."""
     h, w = working.size
+    size = painting.shape[:2] if painting is not None else (h, w)
     writer = plan.writer
     if writer is None or writer.count == 0:
-        writer = ProcessWriter(plan.out, run_settings, {"distances": DISTANCE_FIELDS},
+        writer = ProcessWriter(plan.out, run_settings, {"distances": DISTANCE_FIELDS, "working_size": [h, w],
+                                                         "frame_size": list(size)},
                                mode="overwrite" if plan.mode == "overwrite" else "resume")
-        writer.add(working.white_canvas()[:h, :w],
+        writer.add(np.full((*size, 3), 255, np.uint8),
                    {"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None},
-                   np.zeros((h, w), np.uint8))
+                   np.zeros(size, np.uint8))
     else:
         writer.drop_unkept()
+    last_painted, finished = None, 0
     try:
         for kf in painter.paint(working, settings, instructions=text, resume=plan.state, **paint_kwargs):
-            writer.add(kf.cropped, kf.record(), (kf.mask[0, 0, :h, :w].cpu().numpy() > 0.5).astype(np.uint8) * 255)
+            mask = (kf.mask[0, 0, :h, :w].cpu().numpy() > 0.5).astype(np.uint8) * 255
+            if painting is None:
+                frame = kf.cropped
+            elif kf.finishing:
+                if last_painted is None:  # resumed right at the stop: the state holds the last painted canvas
+                    last_painted = frame_to_size(painter.state.canvas[:h, :w], size)
+                finished += 1
+                frame = cross_fade(last_painted, painting, finished / settings.finish_frames)
+            else:
+                frame = last_painted = frame_to_size(kf.cropped, size)
+            writer.add(frame, kf.record(), mask_to_size(mask, size))
             if not kf.finishing:
                 writer.save_state(*painter.state.to_saved())
             if on_keyframe is not None:

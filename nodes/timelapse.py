@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..core.imaging import cross_fade
+from ..core import imaging
+from ..core.imaging import cross_fade, frame_to_size
 from ..core.loop import DISTANCE_FIELDS
 from ..models.text_instruction import parse_instruction_list
 from . import comfy_bridge as cb
@@ -68,7 +68,7 @@ class PlannedInstructions:
         return self.text_model.alternatives(canvas, target, count)
 
 
-FRAME_SIZES = ["painting", "working"]
+FRAME_SIZES = list(imaging.FRAME_SIZES)
 
 
 def to_painting_size(frames: list[np.ndarray], masks: torch.Tensor, finishing: list[bool], painting: np.ndarray):
@@ -76,8 +76,7 @@ def to_painting_size(frames: list[np.ndarray], masks: torch.Tensor, finishing: l
     frames (the cross-fade after the stop) are mixed again at that size, from the last painted frame to the
     painting itself, so the last one is the painting pixel for pixel."""
     h, w = painting.shape[:2]
-    out = [f if f.shape[:2] == (h, w) else np.asarray(Image.fromarray(f).resize((w, h), Image.LANCZOS))
-           for f in frames]
+    out = [frame_to_size(f, (h, w)) for f in frames]
     ends = [i for i, fin in enumerate(finishing) if fin]
     for j, i in enumerate(ends, 1):  # the loop yields them last, after the last painted frame
         out[i] = cross_fade(out[ends[0] - 1], painting, j / len(ends))

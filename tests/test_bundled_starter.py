@@ -35,12 +35,13 @@ def test_main_command_paints_the_example_with_the_starter(tmp_path, capsys):
     assert (out / "timelapse.webp").is_file() and (out / "timelapse.mp4").is_file()
     frames = sorted((out / "frames").glob("*.png"))
     painted, last = (np.asarray(Image.open(frames[i]).convert("RGB")) for i in (2, -1))
-    assert last.shape == (128, 160, 3)  # example.png is 640x512 (w x h) -> short side 128
+    # the frames at the painting's size (640x512, w x h; painted at short side 128), the last one the painting itself
+    assert last.shape == painted.shape == (512, 640, 3)
+    assert (man["working_size"], man["frame_size"]) == ([128, 160], [512, 640])
     assert painted.std() > 5  # not a blank canvas
     from inverse_painting.cli import EXAMPLE_IMAGE
-    from inverse_painting.core.imaging import prepare_image
 
-    assert np.array_equal(last, prepare_image(Image.open(EXAMPLE_IMAGE), 128).padded[:128, :160])  # the painting
+    assert np.array_equal(last, np.asarray(Image.open(EXAMPLE_IMAGE).convert("RGB")))
     assert all(isinstance(k["instruction"], str) for k in man["keyframes"])
     assert "keyframe   1" in capsys.readouterr().out
 

@@ -528,18 +528,26 @@ def test_overwrite_replaces_only_the_earlier_run(files, tmp_path, capsys):
     assert not (out / ".resume_state.safetensors").exists()
 
 
-def test_interrupt_keeps_a_valid_folder_and_resume_gives_the_same_frames(files, tmp_path, capsys, monkeypatch):
-    """Ctrl-C after keyframe 2 of 4 (in process), then --resume: byte-identical frames and masks."""
+@pytest.mark.parametrize("stop_after", [3, -1], ids=["keyframe 2", "first finishing frame"])
+def test_interrupt_keeps_a_valid_folder_and_resume_gives_the_same_frames(files, tmp_path, capsys, monkeypatch,
+                                                                         stop_after):
+    """Ctrl-C after keyframe 2 of 4, or after the first of the 2 finishing frames (in process), then --resume:
+    byte-identical frames and masks (at the painting's size, the finishing cross-fade mixed at that size)."""
     full, part = tmp_path / "full", tmp_path / "part"
-    argv = lambda out, *x: _paint_argv(files, out, "--max-keyframes", "4", "--instructions", "sky|sea|land", *x)  # noqa
+    argv = lambda out, *x: _paint_argv(files, out, "--max-keyframes", "4", "--instructions", "sky|sea|land",  # noqa
+                                       "--finish-frames", "2", "--stop-stalled", "0", *x)
     assert _run(argv(full), capsys)[0] == 0
+    ends = [k.get("finishing", False) for k in json.loads((full / "manifest.json").read_text())["keyframes"]]
+    assert ends[-3:] == [False, True, True]
+    if stop_after < 0:
+        stop_after += len(ends)  # the start canvas, the painted keyframes and the first finishing frame
     from inverse_painting.core.export import ProcessWriter
 
     add = ProcessWriter.add
 
     def add_then_stop(self, frame, record, mask=None):
         entry = add(self, frame, record, mask)
-        if self.count == 3:  # the start canvas and keyframes 1, 2 are written
+        if self.count == stop_after:
             raise KeyboardInterrupt
         return entry
 
@@ -547,7 +555,7 @@ def test_interrupt_keeps_a_valid_folder_and_resume_gives_the_same_frames(files, 
     rc, _, err = _run(argv(part), capsys)
     assert rc == 130 and "--resume" in err
     man = json.loads((part / "manifest.json").read_text())
-    assert man["status"] == "interrupted" and len(man["keyframes"]) == 3
+    assert man["status"] == "interrupted" and len(man["keyframes"]) == stop_after
     monkeypatch.setattr(ProcessWriter, "add", add)
     before = _snapshot(part)
     rc, _, err = _run(argv(part, "--resume", "--seed", "9"), capsys)  # other settings: refused, nothing touched

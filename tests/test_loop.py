@@ -336,7 +336,10 @@ def test_cli_paints_and_writes_outputs(tiny_release, tmp_path, target):
     assert len(manifest["keyframes"]) == 3 and manifest["settings"]["seed"] == 1
     assert [k["instruction"] for k in manifest["keyframes"]] == ["", "sky", "grass"]
     assert all((out / k["file"]).is_file() for k in manifest["keyframes"])
-    assert Image.open(out / manifest["keyframes"][1]["file"]).size == (88, 64)
+    # frames at the painting's size (100x72), painted at the working size (88x64)
+    assert Image.open(out / manifest["keyframes"][1]["file"]).size == (100, 72)
+    assert Image.open(out / manifest["keyframes"][1]["file"].replace("frames/", "masks/")).size == (100, 72)
+    assert (manifest["working_size"], manifest["frame_size"]) == ([64, 88], [72, 100])
     webp = Image.open(out / "timelapse.webp")
     assert webp.n_frames == 3
     import av
@@ -348,8 +351,9 @@ def test_cli_paints_and_writes_outputs(tiny_release, tmp_path, target):
     assert main(["paint", str(img), "--models", str(tiny_release), "--out", str(tmp_path / "o2"), "--instructions",
                  "sky", "--steps", "2", "--max-keyframes", "1", "--short-side", "64", "--denoise", "0.5",
                  "--start-from", "target_in_mask", "--keep-unmasked", "--difference-fallback", "--reask", "3",
-                 "--stop-stalled", "4", "--finish-frames", "1"]) == 0
+                 "--stop-stalled", "4", "--finish-frames", "1", "--frame-size", "working"]) == 0
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    assert Image.open(tmp_path / "o2" / manifest["keyframes"][-1]["file"]).size == (88, 64)
     settings = manifest["settings"]
     assert (settings["denoise"], settings["start_from"], settings["keep_unmasked"], settings["difference_fallback"],
             settings["reask"], settings["stop_stalled"], settings["finish_frames"]) == (0.5, "target_in_mask", True,
