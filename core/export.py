@@ -30,6 +30,9 @@ STATE_FILE = ".resume_state.safetensors"  # the loop's state after the last keyf
 PROBE_PREFIX = ".write-test-"
 LOCK_FILE = ".writing.lock"  # held (flock) by the one writer of a run folder while it writes
 VIDEOS = {"webp": "timelapse.webp", "mp4": "timelapse.mp4"}
+# the videos' long side at most: WebP and common H.264 levels refuse or choke past about this (a 6000x4000
+# painting's frames failed in the WebP encoder), and the writer holds every video frame in memory
+VIDEO_MAX_SIDE = 2048
 FRAME_NAME = re.compile(r"^\d{4,}_\d+m\d{2}s\.png$")
 
 
@@ -125,9 +128,20 @@ def save_png(image: np.ndarray, path: Path, text: dict | None = None) -> Path:
     return _atomic(Path(path), lambda p: Image.fromarray(image).save(p, format="PNG", pnginfo=info))
 
 
+def video_frame(frame: np.ndarray, max_side: int = VIDEO_MAX_SIDE) -> np.ndarray:
+    """``frame`` as the videos show it: scaled down (Lanczos) when its long side is over ``max_side``."""
+    frame = np.asarray(frame)
+    h, w = frame.shape[:2]
+    if max(h, w) <= max_side:
+        return frame
+    scale = max_side / max(h, w)
+    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.LANCZOS))
+
+
 def save_webp(frames: list[np.ndarray], path: Path, seconds_per_frame: float = 0.5, hold_last_s: float = 1.5,
               lossless: bool = False, quality: int = 90) -> Path:
-    ims = [Image.fromarray(f) for f in frames]
+    ims = [Image.fromarray(video_frame(f)) for f in frames]
     durations = [int(seconds_per_frame * 1000)] * (len(ims) - 1) + [int((seconds_per_frame + hold_last_s) * 1000)]
 
     def write(p):
@@ -144,6 +158,7 @@ def save_mp4(frames: list[np.ndarray], path: Path, seconds_per_frame: float = 0.
     """H.264 (yuv420p) through PyAV; odd sizes are padded to even, frames repeated to hold their time."""
     import av
 
+    frames = [video_frame(f) for f in frames]
     h, w = frames[0].shape[:2]
     H, W = h + h % 2, w + w % 2
     repeat = max(1, round(seconds_per_frame * fps))
@@ -234,7 +249,7 @@ class ProcessWriter:
         if mask is not None:
             save_png(mask, self.out / "masks" / name)
             entry["mask_file"] = f"masks/{name}"
-        self.frames.append(np.asarray(frame))
+        self.frames.append(video_frame(frame))
         self.entries.append(entry)
         self._write_manifest()
         return entry
@@ -317,7 +332,7 @@ class ProcessWriter:
             if rel.is_absolute() or out.resolve() not in path.parents or not path.is_file():
                 raise OutputFolderError(f"{out / MANIFEST}: frame {entry.get('file')!r} is missing or outside the run")
             with Image.open(path) as im:
-                writer.frames.append(np.asarray(im.convert("RGB")))
+                writer.frames.append(video_frame(np.asarray(im.convert("RGB"))))
             writer.entries.append(entry)
         return writer, data, tensors, info
 

@@ -188,3 +188,25 @@ def test_renderer_config_reference_position_encoding(tmp_path):
     p.write_text("PE_type: abs\nreference_position_encoding: sincos\n")
     with pytest.raises(WeightFileError):
         read_renderer_config(p)
+
+
+def test_videos_of_large_paintings_are_scaled_to_the_video_limit(tmp_path):
+    """Frames keep the painting's size; the videos (and the frames the writer holds for them) are scaled down to
+    VIDEO_MAX_SIDE on the long side (a 6000x4000 painting's frames failed in the WebP encoder)."""
+    from PIL import Image
+
+    from inverse_painting.core.export import VIDEO_MAX_SIDE, ProcessWriter
+
+    rng = np.random.default_rng(0)
+    writer = ProcessWriter(tmp_path / "o", {})
+    for k in range(2):
+        writer.add(rng.integers(0, 255, (80, VIDEO_MAX_SIDE + 100, 3), dtype=np.uint8), {"time_s": 20.0 * k})
+    assert all(max(f.shape[:2]) == VIDEO_MAX_SIDE for f in writer.frames)
+    writer.finish()
+    assert Image.open(tmp_path / "o" / "frames" / "0001_0m20s.png").size == (VIDEO_MAX_SIDE + 100, 80)
+    with Image.open(tmp_path / "o" / "timelapse.webp") as im:
+        assert im.size == (VIDEO_MAX_SIDE, round(80 * VIDEO_MAX_SIDE / (VIDEO_MAX_SIDE + 100)))
+    import av
+
+    with av.open(str(tmp_path / "o" / "timelapse.mp4")) as c:
+        assert c.streams.video[0].codec_context.width == VIDEO_MAX_SIDE
