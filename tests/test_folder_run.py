@@ -174,3 +174,32 @@ def test_two_processes_paint_the_frames_of_one(paintings, tiny_release, tmp_path
     assert _snapshot(tmp_path / "two") == _snapshot(tmp_path / "one")
     index = json.loads((tmp_path / "two" / "index.json").read_text())
     assert index["complete"] and index["counts"] == {"complete": 3}
+
+
+def test_an_output_folder_inside_the_inputs_is_never_painted(tiny_release, tmp_path, capsys):
+    """`paint 'pics/**/*.png' --out pics/out` then --resume: the frames and contact sheet under out/ are no input
+    (the resume painted its own 16 frames as new paintings); --out the input folder itself is refused by name."""
+    pics = tmp_path / "pics"
+    for sub in ("s1", "s2"):
+        (pics / sub).mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "s1/x.png", "s2/x.png"):
+        Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(pics / name)
+    glob_arg, out = str(pics / "**" / "*.png"), pics / "out"
+    assert _paint(tiny_release, glob_arg, "--out", out) == 0
+    rows = lambda: [(r["name"], Path(r["image"]).relative_to(pics).as_posix(), r["status"])  # noqa: E731
+                    for r in json.loads((out / "index.json").read_text())["paintings"]]
+    first = rows()
+    assert first == [("a", "a.png", "complete"), ("x", "s1/x.png", "complete"), ("x~2", "s2/x.png", "complete")]
+    before = _snapshot(out)
+    assert _paint(tiny_release, glob_arg, "--out", out, "--resume") == 0
+    assert rows() == first and _snapshot(out) == before
+    # a new x.png sorted before the others: the painted runs keep their folders, the new one gets a free name
+    (pics / "s0").mkdir()
+    Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(pics / "s0" / "x.png")
+    assert _paint(tiny_release, glob_arg, "--out", out, "--resume") == 0
+    assert sorted(rows()) == sorted(first + [("x~3", "s0/x.png", "complete")])
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith("x~3/")} == before
+    capsys.readouterr()
+    assert _paint(tiny_release, pics, "--out", pics, "--overwrite") == 2
+    assert "inside the output folder" in capsys.readouterr().err
