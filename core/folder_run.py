@@ -84,7 +84,9 @@ def painting_names(paths: list[Path], taken: set[str] | None = None) -> list[str
     name in another folder, or another extension, or in ``taken``) get ``~2``, ``~3`` ... in the given order."""
     names, taken = [], set(taken or ())
     for p in paths:
-        base, n = p.stem, 1
+        # a folder name of its own under OUT: never '.', '..' (a file '...png' given by name: OUT/.. is OUT's
+        # parent) or hidden
+        base, n = p.stem.lstrip(".").strip() or "painting", 1
         name = base
         while name.lower() in taken:  # case-insensitive: the folders may live on such a file system
             n += 1

@@ -203,3 +203,9 @@ def test_an_output_folder_inside_the_inputs_is_never_painted(tiny_release, tmp_p
     capsys.readouterr()
     assert _paint(tiny_release, pics, "--out", pics, "--overwrite") == 2
     assert "inside the output folder" in capsys.readouterr().err
+
+
+def test_painting_names_stay_inside_the_output_folder():
+    """A file '...png' given by name had the stem '..': its run folder was OUT/.., the folder above OUT."""
+    assert painting_names([Path("p/...png"), Path("p/.hidden.png"), Path("p/ .png"), Path("p/a.png")]) == \
+        ["painting", "hidden", "painting~2", "a"]

@@ -260,6 +260,14 @@ CLI_CASES = [
     ("evaluate time stamps not numbers", lambda f, t, o: ["evaluate", str(t / "g"), str(t / "g"), "--out",
                                                           str(t / "ev")],
      lambda f, t: _generated_run(t / "g") and _rewrite_times(t / "g", ["0", "soon", "40"]), 2, ["time stamps"]),
+    ("evaluate manifest a list of numbers", lambda f, t, o: ["evaluate", str(t / "g"), str(t / "g"), "--out",
+                                                             str(t / "ev")],
+     lambda f, t: _generated_run(t / "g") and (t / "g" / "manifest.json").write_text("[1, 2]"), 2,
+     ["manifest.json", "list of objects"]),
+    ("evaluate keyframes an object", lambda f, t, o: ["evaluate", str(t / "g"), str(t / "g"), "--out",
+                                                      str(t / "ev")],
+     lambda f, t: _generated_run(t / "g") and (t / "g" / "manifest.json").write_text('{"keyframes": {"a": 1}}'), 2,
+     ["manifest.json", "list of objects"]),
     # weight files the metric reads (safetensors / torch errors used to surface as internal errors)
     ("truncated LPIPS heads", lambda f, t, o: _paint(f, "--out", o, "--metric", "lpips_alex", release=t / "rel"),
      _corrupt_release(lambda rel: _truncate(rel / "lpips" / "alex.pth")), 2, ["alex.pth", "cannot read"]),
@@ -292,6 +300,13 @@ CLI_CASES = [
     ("rehearsal manifests missing", lambda f, t, o: ["rehearsal-release", str(f["release"]), "--check-only",
                                                      "--manifests", str(t / "nothing")], None, 2, ["--manifests"]),
     ("rehearsal empty out", lambda f, t, o: ["rehearsal-release", ""], None, 2, ["out", "empty string"]),
+    # train assemble replaced renderer/ (rmtree) in any folder given, a user's own included
+    ("assemble into a user's folder", lambda f, t, o: ["train", "assemble", o, "--renderer", str(f["release"])], None,
+     2, ["not empty", "assembled.json"]),
+    ("assemble empty dest", lambda f, t, o: ["train", "assemble", "", "--renderer", str(f["release"])], None, 2,
+     ["dest", "empty string"]),
+    ("assemble renderer missing", lambda f, t, o: ["train", "assemble", str(t / "new"), "--renderer",
+                                                   str(t / "nothing")], None, 2, ["--renderer", "nothing"]),
 ]
 
 
@@ -463,6 +478,21 @@ NODE_CASES = [
     ("evaluate times miscounted", lambda m: _evaluate(reference_times="0, 20"), ["reference_times"]),
     ("evaluate images NaN", lambda m: _evaluate(generated=_nan_image()), ["generated", "NaN"]),
     ("time map threshold NaN", lambda m: _time_map(threshold=float("nan")), ["threshold"]),
+    # re-probe: a batch where one picture is painted used its first image silently; seeds/steps out of range
+    ("render canvas batch of 2", lambda m: _render(m, canvas=_image(value=1.0).repeat(2, 1, 1, 1)),
+     ["canvas", "batch of 2"]),
+    ("render target batch of 2", lambda m: _render(m, target=_image().repeat(2, 1, 1, 1)), ["target", "batch of 2"]),
+    ("render mask batch of 3", lambda m: _render(m, mask=torch.ones(3, 64, 80)), ["mask", "batch of 3"]),
+    ("render seed 2**64 + 5", lambda m: _render(m, seed=2**64 + 5), ["seed"]),
+    ("render seed -1", lambda m: _render(m, seed=-1), ["seed"]),
+    ("render steps 0", lambda m: _render(m, steps=0), ["steps"]),
+    ("mask generator canvas batch of 2", lambda m: _mask(m, canvas=_image(value=1.0).repeat(2, 1, 1, 1)),
+     ["canvas", "batch of 2"]),
+    ("difference target batch of 2", lambda m: _difference(target=_image().repeat(2, 1, 1, 1)), ["target"]),
+    ("time-lapse empty target batch", lambda m: _timelapse(m, target=torch.zeros(0, 64, 80, 3)), ["target", "empty"]),
+    ("save prefix with NUL", lambda m: _save(filename_prefix="run\x00x"), ["filename_prefix", "control"]),
+    ("save prefix 300 bytes", lambda m: _save(filename_prefix="hostile/" + "x" * 300), ["filename_prefix", "300 bytes"]),
+    ("save prefix 100 CJK characters", lambda m: _save(filename_prefix="絵" * 100), ["filename_prefix", "bytes"]),
 ]
 
 
