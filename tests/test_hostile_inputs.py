@@ -428,6 +428,12 @@ def _save(**over):
     return InversePaintingSaveProcess().save(**kw)
 
 
+def _loader(release):
+    from inverse_painting.nodes.model_nodes import InversePaintingLoader
+
+    return InversePaintingLoader().load(release=release, device="cpu")
+
+
 def _evaluate(**over):
     from inverse_painting.nodes.evaluation_node import InversePaintingEvaluate
 
@@ -496,6 +502,7 @@ NODE_CASES = [
     ("time-lapse empty target batch", lambda m: _timelapse(m, target=torch.zeros(0, 64, 80, 3)), ["target", "empty"]),
     ("save prefix with NUL", lambda m: _save(filename_prefix="run\x00x"), ["filename_prefix", "control"]),
     ("save prefix 300 bytes", lambda m: _save(filename_prefix="hostile/" + "x" * 300), ["filename_prefix", "300 bytes"]),
+    ("loader with an empty release name", lambda m: _loader(""), ["no model folder chosen"]),
     ("save prefix 100 CJK characters", lambda m: _save(filename_prefix="絵" * 100), ["filename_prefix", "bytes"]),
 ]
 
