@@ -323,13 +323,14 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
     """Every image into its own run folder under --out, this process's share of them (see core/folder_run.py)."""
     from .core.errors import OutputFolderError, UserInputError
     from .core.export import prepare_output
-    from .core.folder_run import (INDEX, jobs_for, lock_rank, read_index, record, save_records, share, write_index)
+    from .core.folder_run import (INDEX, check_index, jobs_for, lock_rank, read_index, record, save_records, share,
+                                  write_index)
     from .core.painting_run import compare_settings, paint_run, plan_run
 
     rank, world = state.process_index, state.num_processes
     out = Path(ctx.args.out)
     shared = ctx.settings_for()
-    earlier = read_index(out)
+    earlier = check_index(out) if ctx.mode == "resume" else read_index(out)
     jobs = jobs_for(images, earlier if ctx.mode == "resume" else None)  # a resumed run keeps its names
     if ctx.mode == "resume" and earlier is not None:
         compare_settings(dict(earlier.get("settings", {})), shared, out)
@@ -517,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("images", nargs="*", metavar="IMAGE", type=path_argument,
                        help="the finished painting (default: the bundled example); or a folder, a glob ('**' recurses) "
                             "or several images: one run folder each under --out, with index.json and a contact sheet")
-    paint.add_argument("--models", type=path_argument, help="model folder (released layout); default: starter model or tiny random")
+    paint.add_argument("--models", type=path_argument,
+                       help="model folder (released layout); default: starter model or tiny random")
     paint.add_argument("--out", default="output/timelapse", type=path_argument,
                        help="output folder; must be new or empty unless --overwrite or --resume")
     again = paint.add_mutually_exclusive_group()
@@ -611,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     reh.add_argument("--seed", type=number_argument("int", 0, 2**63 - 1), default=0)
     reh.add_argument("--parts", nargs="*", choices=["base", "clip", "renderer", "mask_generator", "text_model",
                                                      "lpips"], help="write only these parts")
-    reh.add_argument("--manifests", type=path_argument, help="folder of the reference key manifests (shared/reference/manifests): "
+    reh.add_argument("--manifests", type=path_argument,
+                     help="folder of the reference key manifests (shared/reference/manifests): "
                                          "compare every file's names, shapes and dtypes with them")
     reh.add_argument("--check-only", action="store_true", help="only check an existing folder")
     reh.set_defaults(func=cmd_rehearsal_release)

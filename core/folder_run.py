@@ -228,10 +228,26 @@ def write_index(out: Path, jobs: list[Job], settings: dict, sheet: bool = False)
 
 
 def read_index(out: Path) -> dict | None:
+    """The index of the folder run in ``out``; None when there is none or it is not one of this tool's (a damaged or
+    hand-edited file: see :func:`check_index`)."""
     try:
-        return json.loads((Path(out) / INDEX).read_text(encoding="utf-8"))
+        index = json.loads((Path(out) / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    ok = (isinstance(index, dict) and isinstance(index.get("settings", {}), dict)
+          and isinstance(index.get("paintings", []), list))
+    return index if ok else None
+
+
+def check_index(out: Path) -> dict | None:
+    """:func:`read_index` for ``--resume``: an index file that is there but cannot be used is named."""
+    index = read_index(out)
+    if index is None and (Path(out) / INDEX).exists():
+        from .errors import OutputFolderError
+
+        raise OutputFolderError(f"--resume: {Path(out) / INDEX} is damaged or not an index of this tool; nothing "
+                                "was touched (paint into a new folder, or --overwrite the run)")
+    return index
 
 
 # -------------------------------------------------------------------------------------------- contact sheet

@@ -209,3 +209,19 @@ def test_painting_names_stay_inside_the_output_folder():
     """A file '...png' given by name had the stem '..': its run folder was OUT/.., the folder above OUT."""
     assert painting_names([Path("p/...png"), Path("p/.hidden.png"), Path("p/ .png"), Path("p/a.png")]) == \
         ["painting", "hidden", "painting~2", "a"]
+
+
+@pytest.mark.parametrize("text", ["[1]", '{"settings": 5}', "null"])
+def test_resume_names_a_damaged_index(paintings, tiny_release, tmp_path, capsys, text):
+    """A hand-edited or damaged index.json was an internal AttributeError/TypeError on --resume."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.json").write_text(text)
+    (out / "alpha").mkdir()
+    (out / "alpha" / "my notes.txt").write_text("mine")
+    before = _snapshot(out) | {"index": (out / "index.json").read_text()}
+    assert _paint(tiny_release, paintings, "--out", out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "index.json is damaged" in err and "Traceback" not in err
+    assert _snapshot(out) | {"index": (out / "index.json").read_text()} == before
+    assert (out / "alpha" / "my notes.txt").read_text() == "mine"

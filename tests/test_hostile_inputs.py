@@ -501,7 +501,8 @@ NODE_CASES = [
     ("difference target batch of 2", lambda m: _difference(target=_image().repeat(2, 1, 1, 1)), ["target"]),
     ("time-lapse empty target batch", lambda m: _timelapse(m, target=torch.zeros(0, 64, 80, 3)), ["target", "empty"]),
     ("save prefix with NUL", lambda m: _save(filename_prefix="run\x00x"), ["filename_prefix", "control"]),
-    ("save prefix 300 bytes", lambda m: _save(filename_prefix="hostile/" + "x" * 300), ["filename_prefix", "300 bytes"]),
+    ("save prefix 300 bytes", lambda m: _save(filename_prefix="hostile/" + "x" * 300),
+     ["filename_prefix", "300 bytes"]),
     ("loader with an empty release name", lambda m: _loader(""), ["no model folder chosen"]),
     ("save prefix 100 CJK characters", lambda m: _save(filename_prefix="絵" * 100), ["filename_prefix", "bytes"]),
 ]
