@@ -236,7 +236,7 @@ def cmd_paint(args) -> int:
     from .core.folder_run import expand_inputs
 
     # everything a user gives is checked before any model loads: model folder, options, images, output folder
-    images, folder_mode = expand_inputs(args.images or [str(EXAMPLE_IMAGE)])
+    images, folder_mode = expand_inputs(args.images or [str(EXAMPLE_IMAGE)], out=args.out)
     if not folder_mode:
         return _paint_single(_PaintContext(args), images[0])
     import torch
@@ -327,14 +327,15 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
     """Every image into its own run folder under --out, this process's share of them (see core/folder_run.py)."""
     from .core.errors import OutputFolderError, UserInputError
     from .core.export import prepare_output
-    from .core.folder_run import (INDEX, jobs_for, read_index, record, save_records, share, write_index)
+    from .core.folder_run import (INDEX, check_index, jobs_for, lock_rank, read_index, record, save_records, share,
+                                  write_index)
     from .core.painting_run import compare_settings, paint_run, plan_run
 
     rank, world = state.process_index, state.num_processes
     out = Path(ctx.args.out)
-    jobs = jobs_for(images)
     shared = ctx.settings_for()
-    earlier = read_index(out)
+    earlier = check_index(out) if ctx.mode == "resume" else read_index(out)
+    jobs = jobs_for(images, earlier if ctx.mode == "resume" else None)  # a resumed run keeps its names
     if ctx.mode == "resume" and earlier is not None:
         compare_settings(dict(earlier.get("settings", {})), shared, out)
     elif ctx.mode == "resume" and out.is_dir() and any(out.iterdir()):
@@ -343,6 +344,7 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
     else:
         prepare_output(out, "new" if ctx.mode == "new" else "resume", "--out")
     state.wait_for_everyone()  # every process has checked the folder before any of them writes into it
+    hold = lock_rank(out, rank)  # noqa: F841 - held until this process ends
     if ctx.mode == "overwrite" and earlier is not None and rank == 0:
         # the earlier run's paintings that are not in this one: their run files go too (other files stay)
         current = {j.name for j in jobs}
@@ -457,16 +459,30 @@ def cmd_tiny_release(args) -> int:
 
 
 def cmd_rehearsal_release(args) -> int:
-    from .core.rehearsal_release import PARTS, check_release, write_rehearsal_release
+    from .core.errors import MissingPathError, OutputFolderError
+    from .core.export import prepare_output
+    from .core.rehearsal_release import PARTS, check_release, missing_parts, write_rehearsal_release
 
-    if not args.check_only:
-        out = Path(args.out)
-        if out.exists() and any(out.iterdir()) and not (out / "README.txt").is_file():
-            print(f"error: {out} exists and is not a rehearsal release: choose another folder", file=sys.stderr)
-            return 2
+    out = Path(args.out)
+    if args.manifests is not None and not Path(args.manifests).is_dir():
+        raise MissingPathError(f"--manifests {args.manifests}: no such folder (expected the reference key manifests)")
+    if args.check_only:
+        if not out.is_dir():
+            raise MissingPathError(f"{out}: no such model folder to check")
+    else:  # checked before anything is written: a user's folder is never written into
+        if out.exists() and not out.is_dir():
+            raise OutputFolderError(f"{out}: a file is in the way (give a folder path)")
+        if out.is_dir() and any(out.iterdir()) and not (out / "README.txt").is_file():
+            raise OutputFolderError(f"{out} exists and is not a rehearsal release: choose another folder")
+        prepare_output(out, "resume", "rehearsal-release folder")  # a read-only location fails here
         write_rehearsal_release(out, seed=args.seed, llava_layers=args.llava_layers, shard_gb=args.shard_gb,
                                 parts=args.parts or PARTS)
-    problems = check_release(args.out, args.manifests)
+        lacking = missing_parts(out)
+        if args.parts and lacking:
+            print(f"wrote {', '.join(args.parts)}; not checked: {out} still lacks {', '.join(lacking)} (write them "
+                  "with --parts, then check with --check-only)")
+            return 0
+    problems = check_release(out, args.manifests)
     for line in problems:
         print(f"MISMATCH {line}")
     print("release matches" + (" the manifests" if args.manifests else " the loaders") if not problems
@@ -497,18 +513,19 @@ def _short_side(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.errors import CommandLineParser, number_argument
+    from .core.errors import CommandLineParser, number_argument, path_argument
     from .core.loop import MAX_GUIDANCE, MAX_INTERVAL_S, MAX_KEYFRAMES, MAX_STEPS
 
     p = CommandLineParser(prog="inverse-painting", description=__doc__.split("\n")[0],
                           epilog="--debug (anywhere) prints the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     paint = sub.add_parser("paint", help="paint a time-lapse of an image")
-    paint.add_argument("images", nargs="*", metavar="IMAGE",
+    paint.add_argument("images", nargs="*", metavar="IMAGE", type=path_argument,
                        help="the finished painting (default: the bundled example); or a folder, a glob ('**' recurses) "
                             "or several images: one run folder each under --out, with index.json and a contact sheet")
-    paint.add_argument("--models", help="model folder (released layout); default: starter model or tiny random")
-    paint.add_argument("--out", default="output/timelapse",
+    paint.add_argument("--models", type=path_argument,
+                       help="model folder (released layout); default: starter model or tiny random")
+    paint.add_argument("--out", default="output/timelapse", type=path_argument,
                        help="output folder; must be new or empty unless --overwrite or --resume")
     again = paint.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true",
@@ -584,27 +601,29 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("--official-fp16-time", action="store_true", help="time encoder in fp16 like the release")
     paint.set_defaults(func=cmd_paint)
     par = sub.add_parser("parity", help="check a fixture folder (laid out like shared/parity)")
-    par.add_argument("fixture_dir")
+    par.add_argument("fixture_dir", type=path_argument)
     par.add_argument("--case", action="append", help="only this case (repeatable)")
     par.set_defaults(func=cmd_parity)
     conv = sub.add_parser("convert", help="convert .ckpt checkpoints to .safetensors (beside them)")
-    conv.add_argument("path")
+    conv.add_argument("path", type=path_argument)
     conv.add_argument("--overwrite", action="store_true", help="write .safetensors files that already exist again")
     conv.set_defaults(func=cmd_convert)
     tiny = sub.add_parser("tiny-release", help="write a tiny random release in the real formats")
-    tiny.add_argument("out", help="a new or empty folder")
+    tiny.add_argument("out", type=path_argument, help="a new or empty folder")
     tiny.add_argument("--seed", type=number_argument("int", 0, 2**63 - 1), default=0)
     tiny.set_defaults(func=cmd_tiny_release)
     reh = sub.add_parser("rehearsal-release", help="write a FULL-SIZE random release (the released files, keys, "
                          "shapes and dtypes; about 15 GB with --llava-layers 4) and check it")
-    reh.add_argument("out")
-    reh.add_argument("--llava-layers", type=int, default=32,
+    reh.add_argument("out", type=path_argument)
+    reh.add_argument("--llava-layers", type=number_argument("int", 1, 32), default=32,
                      help="LLaVA decoder layers at full width (32 = the release; 4 fits a 24 GB machine)")
-    reh.add_argument("--shard-gb", type=float, default=10.0, help="largest LLaVA weight shard (GB)")
-    reh.add_argument("--seed", type=int, default=0)
+    reh.add_argument("--shard-gb", type=number_argument("float", 0, 1000, low_open=True), default=10.0,
+                     help="largest LLaVA weight shard (GB)")
+    reh.add_argument("--seed", type=number_argument("int", 0, 2**63 - 1), default=0)
     reh.add_argument("--parts", nargs="*", choices=["base", "clip", "renderer", "mask_generator", "text_model",
                                                      "lpips"], help="write only these parts")
-    reh.add_argument("--manifests", help="folder of the reference key manifests (shared/reference/manifests): "
+    reh.add_argument("--manifests", type=path_argument,
+                     help="folder of the reference key manifests (shared/reference/manifests): "
                                          "compare every file's names, shapes and dtypes with them")
     reh.add_argument("--check-only", action="store_true", help="only check an existing folder")
     reh.set_defaults(func=cmd_rehearsal_release)

@@ -97,6 +97,15 @@ def number_argument(kind: str, low=None, high=None, low_open: bool = False):
     return parse
 
 
+def path_argument(text: str) -> str:
+    """argparse type of a file or folder argument: an empty (or blank) string is refused by the flag's name
+    (``Path("")`` is the current folder: ``--out ''`` would write into it, ``--models ''`` or an image ``''``
+    fall back to a default silently)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError(f"must be a file or folder path, got an empty string {text!r}")
+    return text
+
+
 class CommandLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as an :class:`OptionError` (one line, exit 2 through
     :func:`run_command`) instead of printing the usage block."""

@@ -109,13 +109,32 @@ def _lock(out: Path):
         import fcntl
     except ImportError:  # Windows: no advisory locks here
         return None
-    handle = open(out / LOCK_FILE, "a+")
+    path = out / LOCK_FILE
+    handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # the holder removes the file when it closes: a lock taken on a file already removed protects nothing
+        if os.fstat(handle.fileno()).st_ino != os.stat(path).st_ino:
+            raise OSError("lock file replaced")
     except OSError:
         handle.close()
         raise OutputFolderError(f"{out}: another run is writing to this folder right now") from None
     return handle
+
+
+def folder_state(out: Path) -> tuple:
+    """What a run folder holds, as far as a run's plan depends on it (its manifest's bytes, this tool's files):
+    compared again once the folder is locked, so a run planned before another command wrote there never
+    writes over that command's run."""
+    import hashlib
+
+    man = Path(out) / MANIFEST
+    try:
+        digest = hashlib.sha256(man.read_bytes()).hexdigest() if man.is_file() else None
+    except OSError:
+        digest = "unreadable"
+    own = sorted(p.name for p in _own_files(Path(out)) if p.name != LOCK_FILE) if Path(out).is_dir() else []
+    return digest, tuple(own)
 
 
 def save_png(image: np.ndarray, path: Path, text: dict | None = None) -> Path:
@@ -209,9 +228,8 @@ class ProcessWriter:
 
     def _begin(self) -> None:
         """Before the first write: take the folder's lock, then (overwrite) remove the earlier run's files."""
-        if self._lock is not None:
-            return
-        self._lock = _lock(self.out) or True
+        if self._lock is None:
+            self._lock = _lock(self.out) or True
         if self._clear_first:
             for p in _own_files(self.out):
                 if p.name != LOCK_FILE:

@@ -39,9 +39,15 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def expand_inputs(items: list[str]) -> tuple[list[Path], bool]:
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def expand_inputs(items: list[str], out=None) -> tuple[list[Path], bool]:
     """Command-line image arguments -> (image paths, folder mode). One existing file is a single painting; a folder
-    (its images, not its sub-folders), a glob (``**`` recurses) or several arguments make a folder run."""
+    (its images, not its sub-folders), a glob (``**`` recurses) or several arguments make a folder run. In a folder
+    run nothing under the output folder ``out`` is an input (``paint pics/** --out pics/out``: its frames and
+    contact sheets are never painted again)."""
     if len(items) == 1 and Path(items[0]).exists() and not Path(items[0]).is_dir():
         return [Path(items[0])], False  # one painting (a device or pipe is refused by name when read)
     paths: list[Path] = []
@@ -63,15 +69,24 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], bool]:
         else:
             raise MissingPathError(f"{p}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in paths))
+    if out is not None:
+        own = Path(out).resolve()
+        kept = [p for p in unique if not _inside(p, own)]
+        if unique and not kept:
+            raise MissingPathError(f"every image given lies inside the output folder {out}; give an output folder "
+                                   "outside the paintings (e.g. a sub-folder: --out PAINTINGS/out)")
+        unique = kept
     return unique, True
 
 
-def painting_names(paths: list[Path]) -> list[str]:
+def painting_names(paths: list[Path], taken: set[str] | None = None) -> list[str]:
     """A run-folder name per image: its file name without extension; later images with a name already taken (same
-    name in another folder, or another extension) get ``~2``, ``~3`` ... in the given order."""
-    names, taken = [], set()
+    name in another folder, or another extension, or in ``taken``) get ``~2``, ``~3`` ... in the given order."""
+    names, taken = [], set(taken or ())
     for p in paths:
-        base, n = p.stem, 1
+        # a folder name of its own under OUT: never '.', '..' (a file '...png' given by name: OUT/.. is OUT's
+        # parent) or hidden
+        base, n = p.stem.lstrip(".").strip() or "painting", 1
         name = base
         while name.lower() in taken:  # case-insensitive: the folders may live on such a file system
             n += 1
@@ -91,8 +106,22 @@ class Job:
         return out / self.name
 
 
-def jobs_for(paths: list[Path]) -> list[Job]:
-    return [Job(n, p, i) for i, (n, p) in enumerate(zip(painting_names(paths), paths))]
+def jobs_for(paths: list[Path], earlier: dict | None = None) -> list[Job]:
+    """A job per image. ``earlier`` (the index of the run being resumed) keeps the name each image had there, so
+    images added to the folder since (a second ``x.png`` in another sub-folder) never take over a painted run's
+    folder: new images get names not taken by any painting of the earlier run."""
+    before: dict[str, str] = {}
+    for row in (earlier or {}).get("paintings", []):
+        if isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("name"), str):
+            before.setdefault(row["image"], row["name"])
+    taken = {n.lower() for n in before.values()}
+    names, fresh = {}, [p for p in paths if str(p) not in before]
+    for p in paths:
+        if str(p) in before:
+            names[p] = before[str(p)]
+    for p, name in zip(fresh, painting_names(fresh, taken)):
+        names[p] = name
+    return [Job(names[p], p, i) for i, p in enumerate(paths)]
 
 
 def share(jobs: list[Job], rank: int, world: int) -> list[Job]:
@@ -133,6 +162,27 @@ def _merged_records(out: Path) -> dict[str, dict]:
             if r["name"] not in merged or r.get("updated", 0) >= merged[r["name"]].get("updated", 0):
                 merged[r["name"]] = r
     return merged
+
+
+def lock_rank(out: Path, rank: int):
+    """This process's hold on the folder run ``out`` for the whole command (released when the process ends): a
+    second command painting into the same folder at the same time is refused by name; None where flock does
+    not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one command per output folder there
+        return None
+    (out / RANKS).mkdir(parents=True, exist_ok=True)
+    handle = open(out / RANKS / f"rank-{rank:04d}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        from .errors import OutputFolderError
+
+        raise OutputFolderError(f"{out}: another command is painting into this folder right now (one command per "
+                                "output folder; wait for it, then --resume)") from None
+    return handle
 
 
 class _IndexLock:
@@ -178,10 +228,26 @@ def write_index(out: Path, jobs: list[Job], settings: dict, sheet: bool = False)
 
 
 def read_index(out: Path) -> dict | None:
+    """The index of the folder run in ``out``; None when there is none or it is not one of this tool's (a damaged or
+    hand-edited file: see :func:`check_index`)."""
     try:
-        return json.loads((Path(out) / INDEX).read_text(encoding="utf-8"))
+        index = json.loads((Path(out) / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    ok = (isinstance(index, dict) and isinstance(index.get("settings", {}), dict)
+          and isinstance(index.get("paintings", []), list))
+    return index if ok else None
+
+
+def check_index(out: Path) -> dict | None:
+    """:func:`read_index` for ``--resume``: an index file that is there but cannot be used is named."""
+    index = read_index(out)
+    if index is None and (Path(out) / INDEX).exists():
+        from .errors import OutputFolderError
+
+        raise OutputFolderError(f"--resume: {Path(out) / INDEX} is damaged or not an index of this tool; nothing "
+                                "was touched (paint into a new folder, or --overwrite the run)")
+    return index
 
 
 # -------------------------------------------------------------------------------------------- contact sheet

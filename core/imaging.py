@@ -113,6 +113,11 @@ def pil_to_rgb_uint8(im: Image.Image, name: str = "image") -> tuple[np.ndarray, 
         return np.asarray(ImageCms.applyTransform(im, t), dtype=np.uint8).copy(), "; ".join(notes)
     if mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
+        if im.info.get("icc_profile"):  # the colours go through the profile as in an opaque image; alpha as is
+            colour = im.convert("LA").getchannel("L") if mode in ("LA", "La") else rgba.convert("RGB")
+            colour.info["icc_profile"] = im.info["icc_profile"]
+            rgba = _to_srgb(colour, notes).convert("RGB")
+            rgba.putalpha(im.convert("RGBA").getchannel("A"))
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"), dtype=np.uint8).copy(), "; ".join(notes)
     im = _to_srgb(im, notes)

@@ -145,11 +145,16 @@ def convert_checkpoint(src, dst=None) -> Path:
             scalars[key] = value
     from safetensors.torch import save_file
 
+    if dst.is_dir() and not dst.is_symlink():
+        raise WeightFileError(f"{dst}: a folder is in the way of the converted file; nothing was written")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
-    save_file(flat, str(tmp), metadata={"nested": "true", "scalars": json.dumps(scalars),
-                                        "source": src.name})
-    tmp.replace(dst)  # never leave a half-written file under the final name
+    tmp = dst.with_name(f".{dst.name}.partial")  # hidden, and removed on any failure
+    try:
+        save_file(flat, str(tmp), metadata={"nested": "true", "scalars": json.dumps(scalars), "source": src.name})
+        tmp.replace(dst)  # never leave a half-written file under the final name
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return dst
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import OptionError, OutputFolderError
-from .export import MANIFEST, ProcessWriter, prepare_output
+from .export import MANIFEST, ProcessWriter, _lock, folder_state, prepare_output
 from .imaging import WorkingImage, cross_fade, frame_to_size, mask_to_size
 from .loop import DISTANCE_FIELDS, Keyframe, LoopState, Painter, PaintSettings
 
@@ -43,6 +43,7 @@ class RunPlan:
     mode: str
     writer: ProcessWriter | None = None  # the reopened run (resume)
     state: LoopState | None = None  # where its loop stood
+    seen: tuple | None = None  # the folder as planned (export.folder_state), checked again under the lock
 
     @property
     def complete(self) -> bool:
@@ -59,15 +60,28 @@ def plan_run(out, settings: dict, mode: str = "new", what: str = "--out") -> Run
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if mode == "resume" and (out / MANIFEST).is_file():
+        seen = folder_state(out)
         writer, data, tensors, info = ProcessWriter.resume(out)
         compare_settings(dict(data.get("settings", {})), settings, out)
-        return RunPlan(out, mode, writer, LoopState.from_saved(tensors, info) if tensors is not None else None)
+        return RunPlan(out, mode, writer, LoopState.from_saved(tensors, info) if tensors is not None else None, seen)
     if mode == "resume" and out.is_dir() and any(out.iterdir()):
         raise OutputFolderError(f"--resume: {out} holds no run of this tool (no {MANIFEST}); nothing there is "
                                 "touched: give the folder of the run to continue")
     # an earlier run's files are only removed (overwrite) once the painting starts
     prepare_output(out, "new" if mode == "new" else "resume", what)
-    return RunPlan(out, mode)
+    return RunPlan(out, mode, seen=folder_state(out))
+
+
+def _take_folder(plan: RunPlan):
+    """Lock the run folder, then make sure nobody wrote there since it was planned (another command started at
+    the same time, or a folder run's other command painting the same painting): nothing is written otherwise."""
+    lock = _lock(plan.out)
+    if plan.seen is not None and folder_state(plan.out) != plan.seen:
+        if lock is not None:
+            lock.close()
+        raise OutputFolderError(f"{plan.out}: another command wrote a run there after this one checked the folder; "
+                                "nothing was written: check that run, then --resume or --overwrite it")
+    return lock or True
 
 
 def paint_run(plan: RunPlan, painter: Painter, working: WorkingImage, settings: PaintSettings, text,
@@ -81,15 +95,18 @@ def paint_run(plan: RunPlan, painter: Painter, working: WorkingImage, settings: 
     painted frame to the painting itself, so the last frame is the painting pixel for pixel."""
     h, w = working.size
     size = painting.shape[:2] if painting is not None else (h, w)
+    lock = _take_folder(plan)
     writer = plan.writer
     if writer is None or writer.count == 0:
         writer = ProcessWriter(plan.out, run_settings, {"distances": DISTANCE_FIELDS, "working_size": [h, w],
                                                          "frame_size": list(size)},
                                mode="overwrite" if plan.mode == "overwrite" else "resume")
+        writer._lock = lock
         writer.add(np.full((*size, 3), 255, np.uint8),
                    {"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None},
                    np.zeros(size, np.uint8))
     else:
+        writer._lock = lock
         writer.drop_unkept()
     last_painted, finished = None, 0
     try:

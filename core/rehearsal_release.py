@@ -382,6 +382,33 @@ def _compare(found: dict, manifest: dict, dtype: str, what: str, prefix: str = "
     return problems
 
 
+def missing_parts(root) -> list[str]:
+    """The release parts the loaders need that ``root`` does not hold (yet)."""
+    from .loading import find_release
+
+    paths = find_release(root)
+    return [n for n in ("base", "clip", "renderer", "mask_generator") if getattr(paths, n) is None]
+
+
+def weight_file_problems(root) -> list[str]:
+    """Every weight file under ``root`` opened by its header (a truncated file, or a folder where a weight file
+    belongs, is a problem: the loader-level check below reads only the renderer and mask generator)."""
+    from .loading import WEIGHT_SUFFIXES, WeightFileError, _check_weight_header
+
+    problems = []
+    for path in sorted(Path(root).rglob("*")):
+        if path.suffix not in WEIGHT_SUFFIXES:
+            continue
+        if path.is_dir():
+            problems.append(f"{path}: a folder where a weight file belongs")
+            continue
+        try:
+            _check_weight_header(path)
+        except WeightFileError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def check_release(root, manifests=None, log=print) -> list[str]:
     """Check a (rehearsal) release; returns the problems found (empty: all match).
 
@@ -397,7 +424,8 @@ def check_release(root, manifests=None, log=print) -> list[str]:
 
     root = Path(root)
     paths = find_release(root)
-    problems: list[str] = []
+    paths.require("base", "clip", "renderer", "mask_generator")  # a part missing is named, not a traceback
+    problems: list[str] = weight_file_problems(root)
     base_cfg = read_unet_config(paths.base)
     for label, path, parts, nets in (("renderer", paths.renderer, RENDERER_PARTS, ("renderer_unet", "referencenet")),
                                      ("mask generator", paths.mask_generator, MASK_PARTS, ("mask_unet",))):
@@ -419,7 +447,11 @@ def check_release(root, manifests=None, log=print) -> list[str]:
     if manifests is None:
         return problems
     man = Path(manifests)
-    read = lambda name: json.loads((man / name).read_text())  # noqa: E731
+
+    def read(name):
+        from .loading import read_json
+
+        return read_json(man / name, "reference manifest")  # a missing or broken manifest named
     renderer = _file_tensors(paths.renderer)
     for part, name in (("unet_state_dict", "renderer_unet.json"), ("referencenet_state_dict", "renderer_referencenet.json"),
                        ("cur_image_guider_state_dict", "renderer_cur_image_guider.json"),

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..core.difference_mask import DIFFERENCE_THRESHOLD
-from ..core.errors import number_argument
+from ..core.errors import number_argument, path_argument
 from ..models.lpips_net import PERCEPTUAL_METRICS
 from .metrics import DEFAULT_METRIC
 
@@ -26,13 +26,15 @@ FID_CHOICES = ("auto", "inception", "trunk", "none")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("generated", help="generated painting folder (manifest.json + frames) or a folder of them")
-    p.add_argument("real", help="real painting folder (official raw layout or time-stamped frames) or a folder of them")
-    p.add_argument("--out", default=None, help="output folder (default: GENERATED/evaluation)")
+    p.add_argument("generated", type=path_argument,
+                   help="generated painting folder (manifest.json + frames) or a folder of them")
+    p.add_argument("real", type=path_argument,
+                   help="real painting folder (official raw layout or time-stamped frames) or a folder of them")
+    p.add_argument("--out", default=None, type=path_argument, help="output folder (default: GENERATED/evaluation)")
     p.add_argument("--metric", choices=PERCEPTUAL_METRICS, default=DEFAULT_METRIC,
                    help=f"perceptual distance (default {DEFAULT_METRIC}: works offline; lpips_alex needs the "
                         "ImageNet AlexNet file in --lpips-weights)")
-    p.add_argument("--lpips-weights", default=None,
+    p.add_argument("--lpips-weights", default=None, type=path_argument,
                    help="folder with alexnet_features.pth / alexnet-owt-7be5be79.pth (+ optional alex.pth heads)")
     p.add_argument("--threshold", type=number_argument("float", 0, 2), default=DIFFERENCE_THRESHOLD,
                    help="difference-mask threshold (0.2)")
@@ -42,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="FID features: inception (needs --inception-weights), trunk (offline proxy from the "
                         "perceptual metric, not comparable with published FIDs), none; auto = inception if "
                         "weights are given, else skipped")
-    p.add_argument("--inception-weights", default=os.environ.get("INVERSE_PAINTING_FID_WEIGHTS"),
+    p.add_argument("--inception-weights", default=os.environ.get("INVERSE_PAINTING_FID_WEIGHTS") or None,
+                   type=path_argument,
                    help="pytorch-fid pt_inception-2015-12-05-6726825d.pth (file or folder)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --out")

@@ -290,16 +290,20 @@ def load_fid_inception(path, device="cpu") -> FIDInceptionV3:
             f"{p or '(no path given)'}. Download it elsewhere from {FID_WEIGHTS_URL} and pass its path "
             "(nothing is downloaded automatically)."
         )
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
+    from ..models.lpips_net import UnreadableWeightsError, load_weight_file
+
+    sd = load_weight_file(p)  # a truncated or foreign file is named, never a traceback
     if any(k.startswith("AuxLogits.") for k in sd) or ("fc.weight" in sd and sd["fc.weight"].shape[0] != 1008):
-        raise ValueError(
+        raise UnreadableWeightsError(
             f"{p} looks like torchvision's inception_v3 weights; FID needs the pytorch-fid port "
             f"({FID_WEIGHTS_NAME}), whose features differ"
         )
     model = FIDInceptionV3()
-    model.load_state_dict(sd, strict=True)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise UnreadableWeightsError(f"{p}: not the pytorch-fid Inception weights ({first})") from None
     return model.eval().requires_grad_(False).to(device)
 
 

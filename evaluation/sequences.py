@@ -222,6 +222,9 @@ def read_manifest_folder(folder) -> PaintingSequence:
     entries = data if isinstance(data, list) else _get(data, "keyframes", "frames", default=None)
     if not entries:
         return read_named_frames(folder, layout="ours")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise SequenceError(f"{folder / MANIFEST}: 'keyframes' must be a list of objects (each with 'file' and "
+                            f"'time_s'), got {json.dumps(entries)[:80]}")
     frames, times, instr, masks = [], [], [], []
     for e in entries:
         f = _get(e, "file", "image", "frame", "path")

@@ -63,6 +63,10 @@ class MissingWeightsError(UserInputError, FileNotFoundError):
     """A weight file the metric needs is not available locally."""
 
 
+class UnreadableWeightsError(UserInputError, RuntimeError):
+    """A weight file that is there but cannot be used (truncated, a folder, not a state dict, wrong keys)."""
+
+
 # --------------------------------------------------------------------------------------------------
 # building blocks
 
@@ -273,22 +277,38 @@ def package_file(package: str, relpath: str) -> Path | None:
 
 
 def load_weight_file(path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch pickle (weights_only, mapped to CPU)."""
+    """A state dict from .safetensors or a torch pickle (weights_only, mapped to CPU); a file that cannot be read
+    (truncated, a folder, a pickle with objects, not a dict) is :class:`UnreadableWeightsError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"weight file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(path), device="cpu")
-    else:
-        # map_location matters: the lpips head files were saved from CUDA tensors
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = load_file(str(path), device="cpu")
+        else:
+            # map_location matters: the lpips head files were saved from CUDA tensors
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, truncated zip, refused pickle: name the file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnreadableWeightsError(f"{path}: cannot read this weight file (truncated or not a state dict?): "
+                                     f"{type(exc).__name__}: {first}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
+        raise UnreadableWeightsError(f"{path}: expected a state dict, got {type(sd).__name__}")
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _build(build, files: list[Path], *state_dicts):
+    """``build(*state_dicts)``, a mismatch (missing/unexpected keys, shapes) named by its files."""
+    try:
+        return build(*state_dicts)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UnreadableWeightsError(f"{', '.join(map(str, files))}: not the weights this metric needs "
+                                     f"({type(exc).__name__}: {first})") from None
 
 
 # lpips full-model checkpoints keep the torchvision index inside their slices: net.slice2.3.weight
@@ -424,7 +444,7 @@ def load_perceptual_metric(
                 "install the lpips wheel (`pip install --no-deps lpips==0.1.4`, no torchvision needed) "
                 "or pass heads_path= pointing at its weights/v0.1/alex.pth"
             )
-        model = build_lpips_alex(load_weight_file(bb), load_weight_file(hp))
+        model = _build(build_lpips_alex, [bb, hp], load_weight_file(bb), load_weight_file(hp))
         model.sources = {"backbone": str(bb), "heads": str(hp)}
     elif metric == STLPIPS_ALEX:
         if backbone_path is not None:
@@ -437,7 +457,7 @@ def load_perceptual_metric(
                 "`pip install --no-deps stlpips-pytorch==0.0.2` (the file is "
                 "stlpips_pytorch/weights/vST0.0/alex_shift_tolerant.pth) or pass backbone_path="
             )
-        model = build_stlpips_alex(load_weight_file(p))
+        model = _build(build_stlpips_alex, [p], load_weight_file(p))
         model.sources = {"weights": str(p)}
     else:
         raise ValueError(f"unknown perceptual metric {metric!r}; choose one of {PERCEPTUAL_METRICS}")

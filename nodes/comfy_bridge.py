@@ -150,6 +150,11 @@ def list_releases(kind: str = "release") -> list[str]:
 
 def resolve_model_path(name: str) -> Path:
     """A release name (or a relative sub-path, or an absolute path) -> an existing folder."""
+    from ..core.errors import MissingPathError
+
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if not isinstance(name, str) or not name.strip():  # Path('') would be the models folder itself
+        raise MissingPathError(f"no model folder chosen (got {name!r}): pick a release from the list")
     p = Path(name)
     if p.is_absolute() and p.is_dir():
         return p
@@ -157,8 +162,6 @@ def resolve_model_path(name: str) -> Path:
         cand = root / name
         if cand.is_dir():
             return cand
-    from ..core.errors import MissingPathError
-
     searched = ", ".join(str(r) for r in model_roots()) or "(no model folder registered)"
     raise MissingPathError(f"model folder {name!r} not found in {searched}. Put the release under "
                             f"ComfyUI/models/{MODEL_FOLDER}/<name>/ (see the README).")

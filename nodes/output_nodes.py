@@ -38,6 +38,14 @@ def _safe_prefix(prefix: str) -> tuple[str, str]:
     parts = [p for p in prefix.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts) or os.path.isabs(prefix):
         raise NodeInputError(f"filename_prefix {prefix!r} must be a relative name inside the output folder")
+    if any(ord(c) < 32 for c in prefix):
+        raise NodeInputError(f"filename_prefix {prefix!r} holds control characters (a file name cannot)")
+    # a folder name has at most 255 bytes on common file systems, and the run number (_00001) is added to the last
+    long = [p for p in parts[:-1] if len(p.encode("utf-8")) > 255] + \
+        [p for p in parts[-1:] if len(p.encode("utf-8")) > 240]
+    if long:
+        raise NodeInputError(f"filename_prefix: the part {long[0][:40]!r}... is {len(long[0].encode('utf-8'))} bytes "
+                             "long; folder names hold at most 240 (255 with the run number)")
     return "/".join(parts[:-1]), parts[-1]
 
 

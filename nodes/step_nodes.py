@@ -12,7 +12,8 @@ import torch
 from ..core.difference_mask import compute_difference_mask
 from ..core.guidance import GuidanceScales
 from ..core.imaging import prepare_image
-from ..core.loop import keyframe_start, paste_unmasked
+from ..core.errors import whole_number
+from ..core.loop import MAX_STEPS, keyframe_start, paste_unmasked
 from ..core.mask_generator import fall_back_to_difference
 from ..core.sampling import NoiseSource
 from . import comfy_bridge as cb
@@ -61,7 +62,20 @@ INSTRUCTION_INPUT = ("STRING", {"default": "", "multiline": False, "tooltip": "W
                                 "two words (e.g. 'sky'), as the text model would answer."})
 
 
-def _working(model, target, canvas, canvas_index: int = 0):
+def _one(image, name: str, node: str, mask: bool = False):
+    """``image`` (IMAGE or MASK) when it holds one picture: these nodes work on one keyframe, and taking the first
+    of a batch silently would paint from a picture the user did not mean."""
+    n = mask_to_batch(image, name).shape[0] if mask else image_batch_size(image, name)
+    if n != 1:
+        raise NodeInputError(f"{name}: {node} works on one image, got a batch of {n} (pick one with an "
+                             "'Image From Batch' node, or paint the whole process with the Time-lapse node)")
+    return image
+
+
+def _working(model, target, canvas, canvas_index: int = 0, node: str | None = None):
+    if node is not None:
+        _one(target, "target", node)
+        _one(canvas, "canvas", node)
     working = model.working(image_to_uint8(target, 0, "target"))
     return working, working.fit(image_to_uint8(canvas, canvas_index, "canvas"))
 
@@ -131,6 +145,7 @@ class InversePaintingDifferenceMask:
             device = model.device if model is not None else cb.resolve_device("auto")
             net = metrics.standalone_metric(metric, device)
             short_side = model.short_side if model is not None else DEFAULT_SHORT_SIDE
+        _one(target, "target", "Difference Mask")  # canvases may be a batch: one mask each
         working = prepare_image(image_to_uint8(target, 0, "target"), short_side)
         masks, maps = [], []
         for i in range(image_batch_size(canvas, "canvas")):
@@ -182,8 +197,10 @@ class InversePaintingMaskGenerator:
         interval = finite_input(interval, "interval", 0)
         threshold = finite_input(threshold, "threshold", 0, 1)
         difference_threshold = finite_input(difference_threshold, "difference_threshold", 0)
+        working, canvas_u8 = _working(model, target, canvas, node="Mask Generator")
+        if previous_mask is not None:
+            _one(previous_mask, "previous_mask", "Mask Generator", mask=True)
         loaded = model.load()
-        working, canvas_u8 = _working(model, target, canvas)
         cb.check_interrupt()
         gen = loaded.mask_generator
         reference = working.padded
@@ -271,9 +288,12 @@ class InversePaintingRenderKeyframe:
         interval = finite_input(interval, "interval", 0)
         combine_ratio = finite_input(combine_ratio, "combine_ratio", 0, 1)
         scales = scales_from(guidance)
+        seed = whole_number(seed, "seed", 0, 2**64 - 1)
+        steps = whole_number(steps, "steps", 1, MAX_STEPS)
+        _one(mask, "mask", "Render Keyframe", mask=True)
+        working, canvas_u8 = _working(model, target, canvas, node="Render Keyframe")
         ext, sig = make_sampling(sampler, sigmas, seed)
         loaded = model.load()
-        working, canvas_u8 = _working(model, target, canvas)
         mask_full = snap_to_latent_grid(mask_to_working(mask_to_batch(mask)[0], working)).to(loaded.models.device)
         renderer = loaded.renderer
         tstate = model.target_state(loaded, working)

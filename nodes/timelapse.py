@@ -191,6 +191,8 @@ class InversePaintingTimelapse:
             **{k: int(v) for k, v in (("stop_stalled", stop_stalled), ("finish_frames", finish_frames)) if v >= 0})
 
         count = image_batch_size(target, "target")
+        if count == 0:  # nothing would be painted, yet the node would succeed
+            raise NodeInputError("target: the batch is empty, no painting to paint")
         starts = image_batch_size(start_canvas, "start_canvas") if start_canvas is not None else 0
         if starts not in (0, 1, count):
             raise NodeInputError(f"start_canvas: {starts} images for {count} paintings (give one, or one each)")

@@ -225,3 +225,54 @@ def test_starter_folder_run_two_processes_kill_and_resume(tmp_path):
     assert _snapshot(killed) == reference
     counts = json.loads((killed / "index.json").read_text())["counts"]
     assert counts == {"complete": 4, "invalid": 1}
+
+
+def test_an_output_folder_inside_the_inputs_is_never_painted(tiny_release, tmp_path, capsys):
+    """`paint 'pics/**/*.png' --out pics/out` then --resume: the frames and contact sheet under out/ are no input
+    (the resume painted its own 16 frames as new paintings); --out the input folder itself is refused by name."""
+    pics = tmp_path / "pics"
+    for sub in ("s1", "s2"):
+        (pics / sub).mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "s1/x.png", "s2/x.png"):
+        Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(pics / name)
+    glob_arg, out = str(pics / "**" / "*.png"), pics / "out"
+    assert _paint(tiny_release, glob_arg, "--out", out) == 0
+    rows = lambda: [(r["name"], Path(r["image"]).relative_to(pics).as_posix(), r["status"])  # noqa: E731
+                    for r in json.loads((out / "index.json").read_text())["paintings"]]
+    first = rows()
+    assert first == [("a", "a.png", "complete"), ("x", "s1/x.png", "complete"), ("x~2", "s2/x.png", "complete")]
+    before = _snapshot(out)
+    assert _paint(tiny_release, glob_arg, "--out", out, "--resume") == 0
+    assert rows() == first and _snapshot(out) == before
+    # a new x.png sorted before the others: the painted runs keep their folders, the new one gets a free name
+    (pics / "s0").mkdir()
+    Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(pics / "s0" / "x.png")
+    assert _paint(tiny_release, glob_arg, "--out", out, "--resume") == 0
+    assert sorted(rows()) == sorted(first + [("x~3", "s0/x.png", "complete")])
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith("x~3/")} == before
+    capsys.readouterr()
+    assert _paint(tiny_release, pics, "--out", pics, "--overwrite") == 2
+    assert "inside the output folder" in capsys.readouterr().err
+
+
+def test_painting_names_stay_inside_the_output_folder():
+    """A file '...png' given by name had the stem '..': its run folder was OUT/.., the folder above OUT."""
+    assert painting_names([Path("p/...png"), Path("p/.hidden.png"), Path("p/ .png"), Path("p/a.png")]) == \
+        ["painting", "hidden", "painting~2", "a"]
+
+
+@pytest.mark.parametrize("text", ["[1]", '{"settings": 5}', "null"])
+def test_resume_names_a_damaged_index(paintings, tiny_release, tmp_path, capsys, text):
+    """A hand-edited or damaged index.json was an internal AttributeError/TypeError on --resume."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.json").write_text(text)
+    (out / "alpha").mkdir()
+    (out / "alpha" / "my notes.txt").write_text("mine")
+    before = _snapshot(out) | {"index": (out / "index.json").read_text()}
+    assert _paint(tiny_release, paintings, "--out", out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "index.json is damaged" in err and "Traceback" not in err
+    assert _snapshot(out) | {"index": (out / "index.json").read_text()} == before
+    assert (out / "alpha" / "my notes.txt").read_text() == "mine"

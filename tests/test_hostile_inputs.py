@@ -140,6 +140,16 @@ def _corrupt_release(edit):
     return setup
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _safetensors_stub(lpips: Path) -> None:
+    """The trunk as .safetensors, cut after its header length (SafetensorError when read)."""
+    (lpips / "alexnet_features.pth").unlink()
+    (lpips / "alexnet_features.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+
+
 def _write(rel_path: str, text: str):
     return _corrupt_release(lambda rel: (rel / rel_path).write_text(text))
 
@@ -237,6 +247,10 @@ CLI_CASES = [
     ("convert missing path", lambda f, t, o: ["convert", str(t / "nothing")], None, 2, ["nothing", "no such"]),
     ("convert empty folder", lambda f, t, o: ["convert", str(f["empty"])], None, 2, ["no .ckpt"]),
     ("convert a text file", lambda f, t, o: ["convert", str(f["text"])], None, 2, ["not a .ckpt"]),
+    ("convert onto a folder", lambda f, t, o: ["convert", str(t / "c" / "a.ckpt"), "--overwrite"],
+     lambda f, t: (t / "c" / "a.safetensors").mkdir(parents=True) or shutil.copy(_renderer_ckpt(f["release"]),
+                                                                                t / "c" / "a.ckpt"), 2,
+     ["a.safetensors", "folder is in the way"]),
     ("parity missing folder", lambda f, t, o: ["parity", str(t / "nothing")], None, 2, ["not a parity fixture"]),
     ("tiny-release into a run", lambda f, t, o: ["tiny-release", o], None, 2, ["not empty"]),
     ("evaluate missing folder", lambda f, t, o: ["evaluate", str(t / "nothing"), str(f["empty"])], None, 2,
@@ -250,6 +264,53 @@ CLI_CASES = [
     ("evaluate time stamps not numbers", lambda f, t, o: ["evaluate", str(t / "g"), str(t / "g"), "--out",
                                                           str(t / "ev")],
      lambda f, t: _generated_run(t / "g") and _rewrite_times(t / "g", ["0", "soon", "40"]), 2, ["time stamps"]),
+    ("evaluate manifest a list of numbers", lambda f, t, o: ["evaluate", str(t / "g"), str(t / "g"), "--out",
+                                                             str(t / "ev")],
+     lambda f, t: _generated_run(t / "g") and (t / "g" / "manifest.json").write_text("[1, 2]"), 2,
+     ["manifest.json", "list of objects"]),
+    ("evaluate keyframes an object", lambda f, t, o: ["evaluate", str(t / "g"), str(t / "g"), "--out",
+                                                      str(t / "ev")],
+     lambda f, t: _generated_run(t / "g") and (t / "g" / "manifest.json").write_text('{"keyframes": {"a": 1}}'), 2,
+     ["manifest.json", "list of objects"]),
+    # weight files the metric reads (safetensors / torch errors used to surface as internal errors)
+    ("truncated LPIPS heads", lambda f, t, o: _paint(f, "--out", o, "--metric", "lpips_alex", release=t / "rel"),
+     _corrupt_release(lambda rel: _truncate(rel / "lpips" / "alex.pth")), 2, ["alex.pth", "cannot read"]),
+    ("LPIPS heads where the trunk belongs", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: shutil.copy(rel / "lpips" / "alex.pth", rel / "lpips" / "alexnet_features.pth")), 2,
+     ["alexnet_features.pth", "not the weights"]),
+    ("LPIPS trunk as truncated safetensors", lambda f, t, o: _paint(f, "--out", o, release=t / "rel"),
+     _corrupt_release(lambda rel: _safetensors_stub(rel / "lpips")), 2, ["alexnet_features.safetensors"]),
+    # empty paths: Path('') is the current folder (--out '' wrote there, --models '' and IMAGE '' fell back to defaults)
+    ("out empty string", lambda f, t, o: _paint(f, "--out", ""), None, 2, ["--out", "empty string"]),
+    ("models empty string", lambda f, t, o: [P, str(f["painting"]), "--models", "", "--out", o], None, 2,
+     ["--models", "empty string"]),
+    ("image empty string", lambda f, t, o: [P, "", "--models", str(f["release"]), "--out", o], None, 2,
+     ["IMAGE", "empty string"]),
+    ("image blank among others", lambda f, t, o: [P, str(f["painting"]), " ", "--out", o], None, 2, ["IMAGE"]),
+    ("evaluate out empty string", lambda f, t, o: ["evaluate", o, o, "--out", ""], None, 2, ["--out", "empty"]),
+    ("convert empty string", lambda f, t, o: ["convert", ""], None, 2, ["path", "empty"]),
+    # rehearsal-release options, checked before anything is written
+    ("rehearsal llava layers 0", lambda f, t, o: ["rehearsal-release", str(t / "r"), "--llava-layers", "0"], None, 2,
+     ["--llava-layers"]),
+    ("rehearsal shard nan", lambda f, t, o: ["rehearsal-release", str(t / "r"), "--shard-gb", "nan"], None, 2,
+     ["--shard-gb"]),
+    ("rehearsal seed -1", lambda f, t, o: ["rehearsal-release", str(t / "r"), "--seed", "-1"], None, 2, ["--seed"]),
+    ("rehearsal into a run", lambda f, t, o: ["rehearsal-release", o, "--parts", "lpips"], None, 2,
+     ["not a rehearsal release"]),
+    ("rehearsal into a file", lambda f, t, o: ["rehearsal-release", str(f["a_file"]), "--parts", "lpips"], None, 2,
+     ["a file is in the way"]),
+    ("rehearsal check an empty folder", lambda f, t, o: ["rehearsal-release", str(f["empty"]), "--check-only"], None,
+     2, ["cannot find base"]),
+    ("rehearsal manifests missing", lambda f, t, o: ["rehearsal-release", str(f["release"]), "--check-only",
+                                                     "--manifests", str(t / "nothing")], None, 2, ["--manifests"]),
+    ("rehearsal empty out", lambda f, t, o: ["rehearsal-release", ""], None, 2, ["out", "empty string"]),
+    # train assemble replaced renderer/ (rmtree) in any folder given, a user's own included
+    ("assemble into a user's folder", lambda f, t, o: ["train", "assemble", o, "--renderer", str(f["release"])], None,
+     2, ["not empty", "assembled.json"]),
+    ("assemble empty dest", lambda f, t, o: ["train", "assemble", "", "--renderer", str(f["release"])], None, 2,
+     ["dest", "empty string"]),
+    ("assemble renderer missing", lambda f, t, o: ["train", "assemble", str(t / "new"), "--renderer",
+                                                   str(t / "nothing")], None, 2, ["--renderer", "nothing"]),
 ]
 
 
@@ -367,6 +428,12 @@ def _save(**over):
     return InversePaintingSaveProcess().save(**kw)
 
 
+def _loader(release):
+    from inverse_painting.nodes.model_nodes import InversePaintingLoader
+
+    return InversePaintingLoader().load(release=release, device="cpu")
+
+
 def _evaluate(**over):
     from inverse_painting.nodes.evaluation_node import InversePaintingEvaluate
 
@@ -421,6 +488,23 @@ NODE_CASES = [
     ("evaluate times miscounted", lambda m: _evaluate(reference_times="0, 20"), ["reference_times"]),
     ("evaluate images NaN", lambda m: _evaluate(generated=_nan_image()), ["generated", "NaN"]),
     ("time map threshold NaN", lambda m: _time_map(threshold=float("nan")), ["threshold"]),
+    # re-probe: a batch where one picture is painted used its first image silently; seeds/steps out of range
+    ("render canvas batch of 2", lambda m: _render(m, canvas=_image(value=1.0).repeat(2, 1, 1, 1)),
+     ["canvas", "batch of 2"]),
+    ("render target batch of 2", lambda m: _render(m, target=_image().repeat(2, 1, 1, 1)), ["target", "batch of 2"]),
+    ("render mask batch of 3", lambda m: _render(m, mask=torch.ones(3, 64, 80)), ["mask", "batch of 3"]),
+    ("render seed 2**64 + 5", lambda m: _render(m, seed=2**64 + 5), ["seed"]),
+    ("render seed -1", lambda m: _render(m, seed=-1), ["seed"]),
+    ("render steps 0", lambda m: _render(m, steps=0), ["steps"]),
+    ("mask generator canvas batch of 2", lambda m: _mask(m, canvas=_image(value=1.0).repeat(2, 1, 1, 1)),
+     ["canvas", "batch of 2"]),
+    ("difference target batch of 2", lambda m: _difference(target=_image().repeat(2, 1, 1, 1)), ["target"]),
+    ("time-lapse empty target batch", lambda m: _timelapse(m, target=torch.zeros(0, 64, 80, 3)), ["target", "empty"]),
+    ("save prefix with NUL", lambda m: _save(filename_prefix="run\x00x"), ["filename_prefix", "control"]),
+    ("save prefix 300 bytes", lambda m: _save(filename_prefix="hostile/" + "x" * 300),
+     ["filename_prefix", "300 bytes"]),
+    ("loader with an empty release name", lambda m: _loader(""), ["no model folder chosen"]),
+    ("save prefix 100 CJK characters", lambda m: _save(filename_prefix="絵" * 100), ["filename_prefix", "bytes"]),
 ]
 
 
@@ -683,3 +767,127 @@ def test_convert_keeps_an_existing_safetensors(tiny_release, tmp_path, capsys):
     st.write_bytes(before + b"")  # same bytes
     rc, out, _ = _run(["convert", str(rel)], capsys)
     assert rc == 0 and "kept" in out and st.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------ re-probe (issue 19)
+
+
+def test_rehearsal_check_names_a_broken_weight_file_of_any_part(files, tmp_path, capsys):
+    """The check read only the renderer and mask generator: a truncated CLIP file (or a folder in its place)
+    passed as 'release matches'."""
+    rel = _release_copy(files, tmp_path)
+    _truncate(rel / "clip" / "model.safetensors")
+    (rel / "base" / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (rel / "base" / "vae" / "diffusion_pytorch_model.safetensors").mkdir()
+    rc, out, err = _run(["rehearsal-release", str(rel), "--check-only"], capsys)
+    assert rc == 1 and "Traceback" not in err
+    assert "MISMATCH" in out and "clip/model.safetensors" in out and "a folder where a weight file belongs" in out
+
+
+def test_fid_weights_that_cannot_be_read_are_named(tmp_path):
+    from inverse_painting.core.errors import UserInputError
+    from inverse_painting.evaluation.fid import load_fid_inception
+
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "other.pth").read_bytes()[:100])
+    for name, words in (("other.pth", "not the pytorch-fid"), ("cut.pth", "cannot read")):
+        with pytest.raises(UserInputError, match=words) as info:
+            load_fid_inception(tmp_path / name)
+        assert name in str(info.value)
+
+
+def _icc_swapped() -> bytes:
+    """sRGB with its red and blue primaries swapped: a pure red pixel means blue."""
+    import struct
+
+    from PIL import ImageCms
+
+    b = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    entries = {bytes(b[132 + 12 * i:136 + 12 * i]): 132 + 12 * i for i in range(struct.unpack(">I", b[128:132])[0])}
+    r, bl = entries[b"rXYZ"], entries[b"bXYZ"]
+    b[r + 4:r + 12], b[bl + 4:bl + 12] = b[bl + 4:bl + 12], b[r + 4:r + 12]
+    return bytes(b)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
+def test_icc_profile_applies_with_alpha_and_palette(tmp_path, mode):
+    """The profile was applied to RGB only: RGBA and palette images were read as if sRGB."""
+    Image.new("RGB", (80, 80), (255, 0, 0)).convert(mode).save(tmp_path / "p.png", icc_profile=_icc_swapped())
+    img, note = _read(tmp_path / "p.png")
+    assert img[0, 0].tolist() == [0, 0, 255] and "ICC" in note
+
+
+def test_transparent_pixels_stay_blank_canvas_through_an_icc_profile(tmp_path):
+    a = np.zeros((80, 80, 4), np.uint8)
+    a[..., 0], a[:40, :, 3] = 255, 255  # top half opaque red, bottom half transparent
+    Image.fromarray(a, "RGBA").save(tmp_path / "p.png", icc_profile=_icc_swapped())
+    img, _ = _read(tmp_path / "p.png")
+    assert img[0, 0].tolist() == [0, 0, 255] and img[-1, -1].tolist() == [255, 255, 255]
+
+
+def test_resume_refuses_another_image_or_model_folder(files, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert _run(_paint_argv(files, out, "--max-keyframes", "1"), capsys)[0] == 0
+    man = json.loads((out / "manifest.json").read_text())
+    man["status"] = "interrupted"
+    (out / "manifest.json").write_text(json.dumps(man))
+    before = _snapshot(out)
+    other = _painting(tmp_path / "other.png", size=(80, 72))
+    rc, _, err = _run([P, str(other), "--models", str(files["release"]), "--instructions", "sky", *FAST, "--out",
+                       str(out), "--seed", "5", "--max-keyframes", "1", "--resume"], capsys)
+    assert rc == 2 and "target_sha256" in err and _snapshot(out) == before
+    rel = _release_copy(files, tmp_path)
+    rc, _, err = _run(_paint(files, "--out", str(out), "--seed", "5", "--max-keyframes", "1", "--resume",
+                             release=rel), capsys)
+    assert rc == 2 and "models:" in err and _snapshot(out) == before
+
+
+def test_a_run_planned_before_another_command_painted_the_folder_writes_nothing(files, tmp_path, capsys, monkeypatch):
+    """Two commands started at once on one new folder: both find it empty; the slower one (models still loading
+    while the other finished) must not paint over the finished run."""
+    from inverse_painting.core import painting_run
+
+    out = tmp_path / "o"
+    plan = painting_run.plan_run
+    later = {}
+
+    def plan_then_other_command(folder, settings, mode="new", what="--out"):
+        p = plan(folder, settings, mode, what)
+        if not later:  # while this command loads its models, another one paints the whole run
+            later["done"] = True
+            monkeypatch.setattr(painting_run, "plan_run", plan)
+            assert main(_paint_argv(files, out, "--max-keyframes", "1", "--seed", "7")) == 0
+        return p
+
+    monkeypatch.setattr(painting_run, "plan_run", plan_then_other_command)
+    rc, _, err = _run(_paint_argv(files, out, "--max-keyframes", "1"), capsys)
+    assert later and rc == 2 and "another command wrote a run there" in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["settings"]["seed"] == 7  # the other command's run, untouched
+
+
+def test_one_command_per_folder_run(files, tmp_path, capsys):
+    from inverse_painting.core.folder_run import lock_rank
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _painting(src / "a.png")
+    _painting(src / "b.png", size=(80, 72))
+    out = tmp_path / "out"
+    argv = [P, str(src), "--models", str(files["release"]), "--instructions", "sky", *FAST, "--out", str(out),
+            "--max-keyframes", "1"]
+    assert _run(argv, capsys)[0] == 0
+    before = _snapshot(out)
+    held = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                             "from inverse_painting.core.folder_run import lock_rank\n"
+                             f"h = lock_rank(Path({str(out)!r}), 0)\nprint('held', flush=True)\ntime.sleep(60)"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline().strip() == "held"  # another command paints into out
+        rc, _, err = _run(argv + ["--overwrite"], capsys)
+        assert rc == 2 and "another command is painting into this folder" in err
+        assert _snapshot(out) == before
+    finally:
+        held.kill()
+        held.wait()
+    assert lock_rank(out, 0) is not None  # free again once that command has ended

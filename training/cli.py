@@ -118,6 +118,8 @@ def assemble(dest, base=None, renderer=None, mask=None, text=None, link_base: bo
     from the ``base`` release (linked by default, copied with ``link_base=False``).
     Returns {part: source}; with ``check`` also loads the folder with ``ModelSet.from_release``.
     """
+    from ..core.errors import MissingPathError
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     placed: dict[str, str] = {}
@@ -131,7 +133,7 @@ def assemble(dest, base=None, renderer=None, mask=None, text=None, link_base: bo
         ck = rdir / "ckpt" if (rdir / "ckpt").is_dir() else rdir
         files = _latest_pair(ck)
         if not files:
-            raise FileNotFoundError(f"no renderer checkpoint under {ck}")
+            raise MissingPathError(f"--renderer: no renderer checkpoint under {ck}")
         _remove(dest / "renderer")
         for f in files:
             _place(f, dest / "renderer" / "ckpt" / f.name, link_trained)
@@ -142,7 +144,7 @@ def assemble(dest, base=None, renderer=None, mask=None, text=None, link_base: bo
     if mask is not None:
         files = _latest_pair(part_dir(mask, "RP"))
         if not files:
-            raise FileNotFoundError(f"no RP checkpoint under {mask}")
+            raise MissingPathError(f"--mask: no RP checkpoint under {mask}")
         _remove(dest / "RP")
         for f in files:
             _place(f, dest / "RP" / f.name, link_trained)
@@ -150,7 +152,7 @@ def assemble(dest, base=None, renderer=None, mask=None, text=None, link_base: bo
     if text is not None:
         tdir = part_dir(text, "TP_llava")
         if not (tdir / "config.json").is_file():
-            raise FileNotFoundError(f"no LLaVA folder (config.json) at {tdir}")
+            raise MissingPathError(f"--text: no LLaVA folder (config.json) at {tdir}")
         _place(tdir, dest / "TP_llava", link_trained)
         placed["TP_llava"] = str(tdir.resolve())
     if base is not None:
@@ -173,10 +175,14 @@ def assemble(dest, base=None, renderer=None, mask=None, text=None, link_base: bo
 
 
 def assemble_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="train assemble", description=(
+    from ..core.errors import CommandLineParser, OutputFolderError, path_argument
+
+    p = CommandLineParser(prog="train assemble", description=(
         "Assemble trained parts into one model folder in the release layout, e.g. "
         "ComfyUI/models/inverse_painting/<name>/, filling missing parts from a base release."))
-    p.add_argument("dest", help="the model folder to write (e.g. ComfyUI/models/inverse_painting/my_model)")
+    p.add_argument("dest", type=path_argument,
+                   help="the model folder to write (e.g. ComfyUI/models/inverse_painting/my_model): new, empty or an "
+                        "earlier assembled one")
     p.add_argument("--base", default=None, help="a release folder providing base/, clip/, lpips/ and untrained parts")
     p.add_argument("--renderer", default=None, help="train-renderer --out folder")
     p.add_argument("--mask", default=None, help="train-mask --out folder")
@@ -185,6 +191,13 @@ def assemble_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--link-trained", action="store_true", help="link trained parts instead of copying them")
     p.add_argument("--check", action="store_true", help="load the result with ModelSet.from_release")
     a = p.parse_args(argv)
+    dest = Path(a.dest)
+    # the parts placed replace whole folders (renderer/, RP/, TP_llava/): only in a folder this command made
+    if dest.exists() and not dest.is_dir():
+        raise OutputFolderError(f"{dest}: a file is in the way (give a folder path)")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / "assembled.json").is_file():
+        raise OutputFolderError(f"{dest} is not empty and was not written by assemble (no assembled.json): its "
+                                "renderer/, RP/ or TP_llava/ would be replaced; choose a new folder")
     res = assemble(a.dest, a.base, a.renderer, a.mask, a.text, link_base=not a.copy_base,
                    link_trained=a.link_trained, check=a.check)
     print(json.dumps(res, indent=1))
