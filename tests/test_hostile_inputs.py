@@ -311,6 +311,17 @@ CLI_CASES = [
      ["dest", "empty string"]),
     ("assemble renderer missing", lambda f, t, o: ["train", "assemble", str(t / "new"), "--renderer",
                                                    str(t / "nothing")], None, 2, ["--renderer", "nothing"]),
+    # the other training commands printed argparse's usage block, or a raw "[Errno 2]" with exit 1
+    ("train ingest videos missing", lambda f, t, o: ["train", "ingest", str(t / "nope"), o], None, 2,
+     ["videos", "does not exist"]),
+    ("train ingest folder without videos", lambda f, t, o: ["train", "ingest", str(f["empty"]), o], None, 2,
+     ["no videos"]),
+    ("train ingest empty path", lambda f, t, o: ["train", "ingest", "", o], None, 2, ["videos", "empty string"]),
+    ("train-renderer bad number", lambda f, t, o: ["train", "train-renderer", "--steps", "many"], None, 2,
+     ["--steps", "invalid int"]),
+    ("train-mask missing options", lambda f, t, o: ["train", "train-mask"], None, 2, ["required", "--data"]),
+    ("synth bad count", lambda f, t, o: ["train", "synth", "--count", "x"], None, 2, ["--count"]),
+    ("ground-truth without data", lambda f, t, o: ["train", "ground-truth"], None, 2, ["required", "data"]),
 ]
 
 

@@ -34,14 +34,15 @@ def _safe_name(stem: str) -> str:
 
 
 def ingest_main(argv: Sequence[str] | None = None) -> int:
+    from ..core.errors import CommandLineParser, MissingPathError, path_argument
     from .ingest_video import ingest_video
 
-    p = argparse.ArgumentParser(prog="train ingest", description=(
+    p = CommandLineParser(prog="train ingest", description=(
         "Ingest every video of a folder (one painting per video) into <data>/<split>/rgb/<name>/. "
         "The canvas is detected automatically; override it per video with --crops crops.json "
         "({\"video_stem\": [x0, y0, x1, y1]}) or for all with --crop. Each video writes ingest_report.json."))
-    p.add_argument("videos", help="a folder of videos, or one video file")
-    p.add_argument("data", help="dataset root; frames go to <data>/<split>/rgb/<video name>/")
+    p.add_argument("videos", type=path_argument, help="a folder of videos, or one video file")
+    p.add_argument("data", type=path_argument, help="dataset root; frames go to <data>/<split>/rgb/<video name>/")
     p.add_argument("--split", default="train")
     p.add_argument("--every", type=float, default=2.0, help="sampling step in video seconds")
     p.add_argument("--crop", type=float, nargs=4, default=None, metavar=("X0", "Y0", "X1", "Y1"))
@@ -53,9 +54,11 @@ def ingest_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--windows-safe", action="store_true", help="m-ss names instead of m:ss")
     a = p.parse_args(argv)
     src = Path(a.videos)
+    if not src.exists():
+        raise MissingPathError(f"train ingest: videos: {src} does not exist (give a folder of videos or one video)")
     vids = [src] if src.is_file() else sorted(f for f in src.iterdir() if f.suffix.lower() in VIDEO_EXTS)
     if not vids:
-        raise SystemExit(f"no videos ({', '.join(VIDEO_EXTS)}) in {src}")
+        raise MissingPathError(f"train ingest: no videos ({', '.join(VIDEO_EXTS)}) in {src}")
     crops = json.loads(Path(a.crops).read_text()) if a.crops else {}
     split_root = os.path.join(a.data, a.split)
     summary = []
@@ -238,4 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..core.errors import run_command
+
+    raise SystemExit(run_command(main, "--debug" in sys.argv))

@@ -21,12 +21,14 @@ CLI: ``python -m inverse_painting.training.ground_truth DATA [--split train] [--
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 from typing import Callable
 
 import numpy as np
 
+from ..core.errors import CommandLineParser
 from .raw_layout import WHITE, iter_pairs, load_frame, read_labels
 
 LPIPS_DIR, TEXT_DIR, LLAVA_IMAGE_DIR, LLAVA_JSON = "lpips", "text", "llava_image", "llava_json.json"
@@ -192,7 +194,7 @@ def write_ground_truth(data_root, split: str = "train", *, metric=None, metric_n
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write GT masks (lpips/), GT text (text/) and the LLaVA training "
+    p = CommandLineParser(description="Write GT masks (lpips/), GT text (text/) and the LLaVA training "
                                             "set (llava_image/, llava_json.json) for a raw-layout dataset.")
     p.add_argument("data", help="dataset root (with <split>/rgb/) or a split folder (with rgb/)")
     p.add_argument("--split", default="train")
@@ -220,4 +222,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    from ..core.errors import run_command
+
+    raise SystemExit(run_command(main, "--debug" in sys.argv))

@@ -729,9 +729,9 @@ def ingest_video(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: python -m inverse_painting.training.ingest_video VIDEO OUT_ROOT NAME [--every 2] [--crop x0 y0 x1 y1]"""
-    import argparse
+    from ..core.errors import CommandLineParser
 
-    ap = argparse.ArgumentParser(description="Ingest a painting video into the official raw layout.")
+    ap = CommandLineParser(description="Ingest a painting video into the official raw layout.")
     ap.add_argument("video")
     ap.add_argument("out_root")
     ap.add_argument("name")
@@ -749,4 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    import sys
+
+    from ..core.errors import run_command
+
+    raise SystemExit(run_command(main, "--debug" in sys.argv))

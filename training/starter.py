@@ -42,6 +42,7 @@ There is no ``lpips/`` folder: the starter is meant for the offline metric, i.e.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import CommandLineParser
 from ..core.loading import STARTER_PAINT_DEFAULTS
 from ..core.schedule import PREDICTION_TYPES
 
@@ -501,7 +503,7 @@ def rewrite_card(out, evaluation: dict | None = None) -> dict:
 
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m inverse_painting.training.starter",
+    p = CommandLineParser(prog="python -m inverse_painting.training.starter",
                                 description="Build a seeded starter model from synthetic painting processes.")
     p.add_argument("--out", required=True, help="the model folder to write (release layout)")
     p.add_argument("--work", default=None, help="intermediate files (default: <out>.work)")
@@ -923,4 +925,6 @@ def build(o: dict, argv: Sequence[str] = ()) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..core.errors import run_command
+
+    raise SystemExit(run_command(main, "--debug" in sys.argv))

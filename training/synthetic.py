@@ -22,6 +22,7 @@ gives the same painting on every machine.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..core.errors import CommandLineParser
 from .raw_layout import INV_JSON, LABELS_JSON, format_frame_name
 
 PALETTES = ("day", "sunset", "night", "misty", "autumn")
@@ -1156,7 +1158,7 @@ def generate_dataset(root: str, count: int, seed: int, size: int | tuple[int, in
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: python -m inverse_painting.training.synthetic ROOT --count N --seed S --size 512 --split train"""
-    p = argparse.ArgumentParser(description="Generate a synthetic painting-process dataset (official raw layout).")
+    p = CommandLineParser(description="Generate a synthetic painting-process dataset (official raw layout).")
     p.add_argument("root")
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -1175,4 +1177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    from ..core.errors import run_command
+
+    raise SystemExit(run_command(main, "--debug" in sys.argv))

@@ -19,6 +19,7 @@ The conversations are written in the ground-truth set's format ([canvas | target
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 import zlib
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ..core.errors import CommandLineParser
 
 ROLLOUT_DIR = "rollouts"
 ROLLOUT_JSON = "llava_json_rollouts.json"
@@ -179,7 +182,7 @@ def merge_rollouts(data, split: str = "train") -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Roll the painting loop out on training processes and write "
+    p = CommandLineParser(description="Roll the painting loop out on training processes and write "
                                             "text-generator conversations for the canvases it shows.")
     p.add_argument("--models", required=True, help="trained model folder (release layout)")
     p.add_argument("--data", required=True, help="data root with <split>/rgb and the ground-truth set")
@@ -204,4 +207,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..core.errors import run_command
+
+    raise SystemExit(run_command(main, "--debug" in sys.argv))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.errors import CommandLineParser
 from ...core.loading import (CONFIG_DEFAULTS, WeightFileError, convert_checkpoint, find_release, read_renderer_config,
                              read_unet_config)
 
@@ -83,7 +84,7 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 def build_parser(description: str, cls=TrainConfig) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = CommandLineParser(description=description)
     for f in fields(cls):
         name = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):

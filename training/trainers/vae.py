@@ -282,4 +282,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from ...core.errors import run_command
+
+    raise SystemExit(run_command(main, "--debug" in sys.argv))
