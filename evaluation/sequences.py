@@ -248,7 +248,9 @@ def read_manifest_folder(folder) -> PaintingSequence:
         instr.append(_get(e, "instruction", "prompt", "text"))
         m = _get(e, "mask", "mask_file")
         mpath = _inside(folder, m, "mask") if isinstance(m, str) else None
-        masks.append(read_mask(mpath) if mpath is not None and mpath.is_file() else None)
+        if mpath is not None and not mpath.is_file():
+            raise SequenceError(f"{folder / MANIFEST}: mask {m!r} of frame {f!r} not found")
+        masks.append(read_mask(mpath) if mpath is not None else None)
     name = data.get("name", folder.name) if isinstance(data, dict) else folder.name
     order = sorted(range(len(times)), key=lambda i: times[i])
     pick = lambda xs: [xs[i] for i in order]  # noqa: E731

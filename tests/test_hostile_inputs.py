@@ -749,6 +749,17 @@ def test_evaluate_reads_only_inside_the_given_folders(tmp_path, capsys):
     assert rc == 2 and "outside the painting folder" in err
 
 
+def test_evaluate_names_a_missing_mask(tmp_path, capsys):
+    """A mask the manifest names but that is not on disk was silently read as 'no mask'."""
+    gen = _generated_run(tmp_path / "gen" / "p")
+    real = _generated_run(tmp_path / "real" / "p")
+    man = json.loads((gen / "manifest.json").read_text())
+    named = man["keyframes"][1]["mask_file"]
+    (gen / named).unlink()
+    rc, _, err = _run(["evaluate", str(gen), str(real), "--out", str(tmp_path / "ev"), "--no-plots"], capsys)
+    assert rc == 2 and f"mask {named!r}" in err and "not found" in err and "Traceback" not in err
+
+
 def test_evaluate_reads_a_run_without_manifest_as_one_painting(tmp_path):
     from inverse_painting.evaluation.sequences import load_sequences
 
