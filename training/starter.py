@@ -412,7 +412,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
 ## Evaluation (held-out synthetic processes)
 {ev['count']} processes from seed {ev['seed']} (no painting shared with the training set), painted with the
 CLI's defaults ({ev['steps']} denoising steps, fast guidance, seed {ev['paint_seed']}); the evaluation CLI
-(`{METRIC}`) against the real processes, next to two naive baselines with the same number of keyframes per
+(`{METRIC}`) against the real processes, next to three naive baselines with the same number of keyframes per
 painting (`python -m inverse_painting.evaluation.starter_report`):
 
 {ev['table']}
