@@ -141,3 +141,13 @@ def test_trainer_resumes_a_renderer_with_zero_target_channels(tiny_release):
 
     with torch.no_grad():
         torch.testing.assert_close(models[True](*args, Acc()), models[False](*args, Acc()), rtol=0, atol=0)
+
+
+def test_resume_refuses_other_objective_or_position_code(tiny_release, tmp_path):
+    from inverse_painting.training.trainers.renderer import RendererConfig, train
+
+    cfg = RendererConfig(data=str(tmp_path / "none"), base=str(tiny_release), out=str(tmp_path / "o"), steps=1,
+                         init="resume", prediction_type="v_prediction", target_input=True, cpu=True,
+                         progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="resume"):  # the tiny release's renderer predicts epsilon
+        train(cfg)

@@ -182,6 +182,12 @@ def train(cfg: RendererConfig) -> dict:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     base = load_base(cfg.base, need_clip=True).to(accelerator.device)
+    if cfg.init == "resume":  # continuing a renderer: what its outputs and reference codes mean must not change
+        have = {"prediction_type": base.renderer_config.get("prediction_type", "epsilon"),
+                "reference_position_encoding": base.renderer_config.get("reference_position_encoding", False)}
+        want = {"prediction_type": cfg.prediction_type, "reference_position_encoding": cfg.reference_position_encoding}
+        if have != want:
+            raise ValueError(f"--init resume: the renderer being resumed was trained with {have}, not {want}")
     base.latent_cache = {} if cfg.cache_latents else None
     data = PairDataset(cfg.data, cfg.split, metric=None, drop_prob=cfg.drop_prob, need_target_mask=False,
                        target_pair_prob=cfg.target_pair_prob)
