@@ -403,6 +403,9 @@ def read_renderer_config(path: Path | None) -> dict:
     if not isinstance(cfg.setdefault("reference_position_encoding", False), bool):
         raise WeightFileError("renderer config: reference_position_encoding must be true or false, "
                               f"not {cfg['reference_position_encoding']!r}")
+    # nor this one: the target's latents as extra UNet input channels (models/renderer_unet.py); absent = off
+    if not isinstance(cfg.setdefault("target_input", False), bool):
+        raise WeightFileError(f"renderer config: target_input must be true or false, not {cfg['target_input']!r}")
     if cfg.get("PE_type") != "abs":
         raise WeightFileError(f"renderer config: PE_type {cfg.get('PE_type')!r} is not supported (only 'abs')")
     return cfg

@@ -183,9 +183,14 @@ class ModelSet:
             require_parts(ckpt, RENDERER_PARTS, "renderer", paths.renderer)
             unet_sd = ckpt["unet_state_dict"]
             ucfg = unet_config_for(unet_sd, base_unet)
-            unet = _build_on_meta(lambda: RendererUNet(ucfg, config["reference_position_encoding"]))
+            target_input = config["target_input"]
+            if ucfg["in_channels"] != 4 * (1 + target_input):  # the config and the weights must agree
+                raise WeightFileError(f"{paths.renderer}: the renderer UNet takes {ucfg['in_channels']} input "
+                                      f"channels, but its config says target_input: {str(target_input).lower()} "
+                                      f"({4 * (1 + target_input)} channels)")
+            unet = _build_on_meta(lambda: RendererUNet(ucfg, config["reference_position_encoding"], target_input))
             load_checked(unet.unet, unet_sd, f"renderer UNet ({paths.renderer.name})", assign=True)
-            refnet = _build_on_meta(lambda: ReferenceNet(ucfg))
+            refnet = _build_on_meta(lambda: ReferenceNet(dict(ucfg, in_channels=4)))  # it reads the target alone
             load_checked(refnet.unet, ckpt["referencenet_state_dict"], f"ReferenceNet ({paths.renderer.name})", assign=True)
             small = {}
             for part, build in (("cur_image_guider_state_dict", CanvasFeatureEncoder.from_state_dict),

@@ -1,6 +1,7 @@
 """The diffusion renderer: one keyframe from (canvas, target, instruction, mask, interval).
 
-Per painting (``prepare_target``): target latents (VAE posterior mean), the target's CLIP embedding and
+Per painting (``prepare_target``): target latents (VAE posterior mean; with the renderer config's
+``target_input`` also an input of every UNet pass), the target's CLIP embedding and
 the ReferenceNet banks are computed once -- the release recomputes them every keyframe although the
 target never changes. Per keyframe (``conditions``): the 79-token contexts [image | time | text] of the
 six guidance branches, the feature-encoder output for [canvas, mask], and the next-CLIP prediction.
@@ -51,6 +52,8 @@ class KeyframeConditions:
     text_tokens: torch.Tensor
     negative_text: torch.Tensor
     mask_latent: torch.Tensor  # (1, 1, h, w) {0,1}
+    # (1, 4, h, w): the target's latents, an input of every branch of a renderer with ``target_input``
+    target_latents: torch.Tensor | None = None
 
     def context_batch(self, branches) -> torch.Tensor:
         return self.contexts[[CONTEXT_OF_BRANCH[b] for b in branches]]
@@ -118,7 +121,8 @@ class Renderer:
         feats = self.nets.feature_encoder(enc_in)
         h, w = feats.shape[-2:]
         mask_latent = (downsample_mask(mask_full, (h, w)) > 0.1).to(dtype)
-        return KeyframeConditions(contexts, feats, target.banks, e_canvas, e_next, pe, text, neg, mask_latent)
+        return KeyframeConditions(contexts, feats, target.banks, e_canvas, e_next, pe, text, neg, mask_latent,
+                                  target.latents)
 
     # ------------------------------------------------------------------ denoiser
     def denoiser(self, conds: KeyframeConditions, scales: GuidanceScales, fast: bool = True,
@@ -152,8 +156,12 @@ class Renderer:
             self.unet_passes += n
             x_in = (x / (s**2 + 1) ** 0.5).to(contexts.dtype).repeat(n, 1, 1, 1)
             t_in = torch.full((n,), t, device=x.device, dtype=torch.float32)
-            eps_all = eps_from_output(unet(x_in, t_in, contexts, feats, conds.banks, use_ref), x_in, s,
-                                      prediction).to(x.dtype)
+            # a renderer with target_input gets the target's latents in every branch, the unconditional
+            # one (no reference features) included: its trainer never drops them (nor the reference), so
+            # zeros there would be an input it never saw; the guidance differences then steer by the
+            # reference, the image token, canvas, time, mask and text, as in the release
+            eps_all = eps_from_output(unet(x_in, t_in, contexts, feats, conds.banks, use_ref,
+                                           target_latents=conds.target_latents), x_in, s, prediction).to(x.dtype)
             if not guided:
                 eps = eps_all
             elif fast:

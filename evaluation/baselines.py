@@ -1,4 +1,4 @@
-"""Naive painting processes to compare a model against: a cross-fade and a random tile reveal.
+"""Naive painting processes to compare a model against: a cross-fade, a random tile reveal and a band reveal.
 
 Both start from the white canvas and end exactly on the target after ``num_keyframes`` steps of
 ``interval_s`` seconds, like a generated process, and are written in the CLI's output layout
@@ -7,7 +7,10 @@ Both start from the white canvas and end exactly on the target after ``num_keyfr
 * **cross-fade**: keyframe k = white + k/n (target - white), every pixel changes a little at every step;
 * **random tiles**: the image is cut into ``tile`` x ``tile`` tiles, shuffled once (seeded), and keyframe
   k shows the first round(k/n * tiles) of them, the rest still white: the right amount of paint per step,
-  in no meaningful order.
+  in no meaningful order;
+* **bands**: keyframe k shows the top round(k/n * H) rows of the target (hard-edged horizontal bands, top to
+  bottom), the rest still white: the right amount of paint per step, in the order a landscape is often
+  painted (sky first), with no model at all.
 """
 from __future__ import annotations
 
@@ -48,7 +51,26 @@ def tile_reveal(target: np.ndarray, num_keyframes: int, tile: int = 8, seed: int
     return frames, masks
 
 
-BASELINES = ("crossfade", "tiles")
+def band_reveal(target: np.ndarray, num_keyframes: int) -> tuple[list, list]:
+    """[white, ..., target] revealing the rows top to bottom in num_keyframes hard-edged bands; also the
+    per-keyframe reveal masks (0/255: the band painted at that keyframe)."""
+    n = max(1, int(num_keyframes))
+    h, w = target.shape[:2]
+    frames, masks = [np.full_like(target, 255)], [np.zeros((h, w), np.uint8)]
+    shown = 0
+    for k in range(1, n + 1):
+        upto = int(round(k / n * h))  # k = n: every row
+        frame = frames[-1].copy()
+        frame[shown:upto] = target[shown:upto]
+        mask = np.zeros((h, w), np.uint8)
+        mask[shown:upto] = 255
+        frames.append(frame)
+        masks.append(mask)
+        shown = upto
+    return frames, masks
+
+
+BASELINES = ("crossfade", "tiles", "band")
 
 
 def write_baseline(kind: str, out_dir, target: np.ndarray, num_keyframes: int, interval_s: float = 20.0,
@@ -59,6 +81,8 @@ def write_baseline(kind: str, out_dir, target: np.ndarray, num_keyframes: int, i
         frames, masks = cross_fade(target, num_keyframes), None
     elif kind == "tiles":
         frames, masks = tile_reveal(target, num_keyframes, tile=tile, seed=seed)
+    elif kind == "band":
+        frames, masks = band_reveal(target, num_keyframes)
     else:
         raise ValueError(f"baseline must be one of {BASELINES}, not {kind!r}")
     records = [{"time_s": k * float(interval_s), "instruction": ""} for k in range(len(frames))]

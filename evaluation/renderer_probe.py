@@ -9,9 +9,10 @@ and reports the mean squared latent error inside the newly painted region for:
 
 * ``full``         -- every condition, as the sampler's conditional branch sees them;
 * ``no_mask``      -- the region mask zeroed (what the mask-guidance branch subtracts);
-* ``no_reference`` -- the ReferenceNet features left out (the only way target *layout* reaches the UNet);
-* ``other_target`` -- every condition, but the ReferenceNet features and the next-CLIP token of *another*
-  painting's target (the next painting probed, cyclically; NaN with a single painting);
+* ``no_reference`` -- the ReferenceNet features left out (the only way target *layout* reaches the UNet,
+  unless the renderer has ``target_input``: its target latents are kept here);
+* ``other_target`` -- every condition, but the ReferenceNet features, the next-CLIP token (and the target
+  latents, with ``target_input``) of *another* painting's target (the next painting probed, cyclically; NaN with a single painting);
 * ``canvas``       -- the canvas's own latents as the estimate (a renderer that paints nothing).
 
 A renderer that places target content where it paints has ``full`` well under ``canvas`` at the high
@@ -68,8 +69,8 @@ def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray,
         x = z_next + s * noise
         x_in = (x / (s**2 + 1) ** 0.5).to(ctx.dtype).repeat(3, 1, 1, 1)
         t = torch.full((3,), renderer.schedule.timestep(s), device=ctx.device, dtype=torch.float32)
-        eps = eps_from_output(renderer.nets.unet(x_in, t, ctx, feats, conds.banks, use_ref), x_in, s,
-                              prediction).float()
+        eps = eps_from_output(renderer.nets.unet(x_in, t, ctx, feats, conds.banks, use_ref,
+                                                 target_latents=conds.target_latents), x_in, s, prediction).float()
         x0 = x - s * eps
 
         def err(pred):
@@ -80,7 +81,8 @@ def probe_pair(renderer, models, target_state, cur: np.ndarray, nxt: np.ndarray,
         if other is not None:
             one = x_in[:1]
             o_eps = eps_from_output(renderer.nets.unet(one, t[:1], other.contexts[[3]], other.canvas_features[[2]],
-                                                       other.banks, use_ref[:1]), one, s, prediction).float()
+                                                       other.banks, use_ref[:1], target_latents=other.target_latents),
+                                   one, s, prediction).float()
             out[s]["other_target"] = err(x - s * o_eps)
     return out
 

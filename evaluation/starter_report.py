@@ -1,11 +1,11 @@
-"""Held-out benchmark of a starter model against two naive baselines (the README's results table).
+"""Held-out benchmark of a starter model against three naive baselines (the README's results table).
 
     python -m inverse_painting.evaluation.starter_report --models assets/starter_model --out output/starter_eval
 
 1. writes ``--count`` synthetic painting processes from ``--seed`` (checked disjoint from the paintings the
    starter was trained on: the per-painting seeds of both sets are compared) at the starter's size/aspect;
 2. paints each finished painting with the starter model (the CLI's painting loop and defaults);
-3. writes the two baselines of :mod:`.baselines` with as many keyframes as the starter used for that
+3. writes the three baselines of :mod:`.baselines` (cross-fade, random tiles, top-to-bottom bands) with as many keyframes as the starter used for that
    painting, so all three differ only in *what* is painted *when*;
 4. runs the evaluation CLI (:func:`.cli.run`) for each method against the real processes (and, when the
    starter ends with finishing keyframes, ``PaintSettings.finish_frames``, for its runs without them: a row
@@ -31,6 +31,7 @@ METHODS = ("starter",) + BASELINES
 LABELS = {"starter": "starter model",
           "starter_unfinished": "starter model without its finishing cross-fade (not ranked)",
           "crossfade": "cross-fade (white -> target)", "tiles": "random 8x8 tiles",
+          "band": "top-to-bottom bands",
           "vae_bound": "real process through the starter's VAE (bound, not a method)"}
 
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from inverse_painting.evaluation.baselines import cross_fade, tile_reveal, write_baseline
+from inverse_painting.evaluation.baselines import band_reveal, cross_fade, tile_reveal, write_baseline
 
 
 def _target(h=20, w=28, seed=0):
@@ -39,6 +39,28 @@ def test_tile_reveal_shows_every_tile_once_in_seeded_order():
     assert not all(np.array_equal(a, b) for a, b in zip(frames, other))
 
 
+def test_band_reveal_paints_top_to_bottom_in_hard_edged_bands():
+    t = _target(23, 17)
+    frames, masks = band_reveal(t, 5)
+    assert len(frames) == len(masks) == 6
+    assert (frames[0] == 255).all() and not masks[0].any() and np.array_equal(frames[-1], t)
+    assert set(np.unique(np.stack(masks))) <= {0, 255}
+    stacked = np.stack([m > 0 for m in masks[1:]])
+    assert (stacked.sum(0) == 1).all()  # every pixel revealed by exactly one step
+    rows_done = []
+    for k in range(1, 6):
+        m = masks[k] > 0
+        assert (m.all(1) | ~m.any(1)).all()  # whole rows: a horizontal band
+        rows = np.nonzero(m.all(1))[0]
+        assert rows.size in (4, 5) and np.array_equal(rows, np.arange(rows[0], rows[-1] + 1))  # one band of ~23/5
+        assert rows[0] == (rows_done[-1] + 1 if rows_done else 0)  # right below the previous band
+        rows_done.append(rows[-1])
+        # hard edge: the band is exactly the target, everything below it still white, above it unchanged
+        assert np.array_equal(frames[k][m], t[m]) and (frames[k][rows[-1] + 1:] == 255).all()
+        assert np.array_equal(frames[k][~m], frames[k - 1][~m])
+    assert band_reveal(t, 1)[0][1].tolist() == t.tolist()  # one keyframe: the whole target at once
+
+
 def test_written_baseline_reads_back_as_a_sequence(tmp_path):
     from inverse_painting.evaluation.sequences import load_sequences
 
@@ -48,6 +70,10 @@ def test_written_baseline_reads_back_as_a_sequence(tmp_path):
     seq = next(iter(seqs.values()))
     assert seq.times_s == [0, 20, 40, 60] and np.array_equal(seq.target, t)
     assert json.loads((tmp_path / "p" / "manifest.json").read_text())["settings"]["baseline"] == "tiles"
+    write_baseline("band", tmp_path / "b", t, 4, interval_s=20)
+    band = next(iter(load_sequences(tmp_path / "b").values()))
+    assert len(band.frames) == 5 and np.array_equal(band.target, t)
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["settings"]["baseline"] == "band"
     with pytest.raises(ValueError):
         write_baseline("nope", tmp_path / "q", t, 3)
 
@@ -64,7 +90,8 @@ def test_starter_report_end_to_end(tmp_path, capsys):
                                 "--max-keyframes", "3", "--figures", str(figs), "--update-card"]) == 0
     res = json.loads((out / "results.json").read_text())
     # the smoke starter ends with the starter's 2 finishing keyframes: a row without them is added
-    assert list(res["overall"]) == ["starter", "starter_unfinished", "crossfade", "tiles", "vae_bound"]
+    assert list(res["overall"]) == ["starter", "starter_unfinished", "crossfade", "tiles", "band",
+                                    "vae_bound"]
     # the bound: the real frames through the VAE, at the real times (DTS 0)
     from inverse_painting.evaluation.sequences import load_sequences
 
@@ -86,7 +113,8 @@ def test_starter_report_end_to_end(tmp_path, capsys):
         assert own == painted[:-2] and all((out / "starter_unfinished" / name / k["file"]).is_file() for k in own)
     assert (figs / "starter_strip.png").stat().st_size > 0 and (figs / "starter_time_map.png").stat().st_size > 0
     table = (out / "results.md").read_text()
-    assert table.count("\n") == 7 and "starter model" in table and "random 8x8 tiles" in table
+    assert table.count("\n") == 8 and "starter model" in table and "random 8x8 tiles" in table
+    assert "top-to-bottom bands" in table
     assert "(bound, not a method)" in table and "**" not in table.splitlines()[-1]
     assert "(not ranked)" in table.splitlines()[3] and "**" not in table.splitlines()[3]
     assert "| starter model |" in capsys.readouterr().out

@@ -261,3 +261,21 @@ def test_text_vocabulary_makes_instruction_words_whole_pieces(tmp_path):
 
     assert pieces(512) == {a: len(a.split()) for a in answers}
     assert sum(pieces(384).values()) > 3 * len(answers)
+
+
+def test_renderer_target_input_option_builds_a_renderer_that_reads_the_target(tmp_path):
+    """--renderer-target-input: the renderer is trained with the target channels, its config says so, the
+    folder loads with an 8-channel UNet, and the card names the option."""
+    import yaml
+
+    from inverse_painting.core.model_set import ModelSet
+    from inverse_painting.training import starter as st
+
+    out = tmp_path / "wide"
+    assert st.main(["--out", str(out), "--smoke", "--seed", "0", "--device", "cpu", "--text-rollouts", "none",
+                    "--renderer-target-input", "--no-keep-work"]) == 0
+    assert yaml.safe_load((out / "renderer" / "config.yaml").read_text())["target_input"] is True
+    assert json.loads((out / "starter.json").read_text())["options"]["renderer_target_input"] is True
+    models = ModelSet.from_release(out)
+    assert models.renderer.unet.target_input and models.renderer.unet.unet.conv_in.in_channels == 8
+    assert "`target_input: true`" in (out / "MODEL_CARD.md").read_text()

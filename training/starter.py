@@ -69,6 +69,7 @@ PRESETS = {
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
                  renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
+                 renderer_target_input=False,
                  # the text generator is retrained on the loop's own canvases (training/README.md: with the
                  # loop's re-asking, better on 40 validation processes than without; "none" turns them off)
                  text_rollouts="1.0,0.5", steps_text_rollouts=8000, batch_text_rollouts=8, text_vocab_rollouts=512),
@@ -77,6 +78,7 @@ PRESETS = {
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
                   batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3,
                   renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
+                  renderer_target_input=False,
                   # the smoke build runs every stage, the rollouts too (what the tests check)
                   text_rollouts="1.0", steps_text_rollouts=8, batch_text_rollouts=1, text_vocab_rollouts=384),
 }
@@ -94,7 +96,7 @@ STAGE_OPTIONS = {
     "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r", "batch_text", "text_vocab"},
     "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context"},
     "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents",
-                 "renderer_prediction", "target_pairs", "renderer_positions"},
+                 "renderer_prediction", "target_pairs", "renderer_positions", "renderer_target_input"},
 }
 # rollouts: paint the training processes with the other four and retrain the text generator on what it saw
 # (the mixed rollouts ask the first text generator, so they read its options too)
@@ -102,7 +104,7 @@ STAGE_OPTIONS["rollouts"] = {"text_rollouts", "steps_text_rollouts", "batch_text
                              "text_vocab_rollouts"} | STAGE_OPTIONS["text"]
 # options added after the first builds, with what a build recorded before them did
 _BEFORE_OPTION = {"cache_latents": False, "renderer_prediction": "epsilon", "target_pairs": 0.0,
-                  "renderer_positions": False, "batch_text": 1, "text_vocab": 384, "text_rollouts": ""}
+                  "renderer_positions": False, "renderer_target_input": False, "batch_text": 1, "text_vocab": 384, "text_rollouts": ""}
 _RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
 # where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
 _STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "text": ("runs/text", "llava_tokenizer", "llava_init"),
@@ -414,7 +416,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
 ## Evaluation (held-out synthetic processes)
 {ev['count']} processes from seed {ev['seed']} (no painting shared with the training set), painted with the
 CLI's defaults ({ev['steps']} denoising steps, fast guidance, seed {ev['paint_seed']}); the evaluation CLI
-(`{METRIC}`) against the real processes, next to two naive baselines with the same number of keyframes per
+(`{METRIC}`) against the real processes, next to three naive baselines with the same number of keyframes per
 painting (`python -m inverse_painting.evaluation.starter_report`):
 
 {ev['table']}
@@ -483,6 +485,9 @@ def _renderer_recipe(o: dict) -> str:
              "uses consecutive keyframes only)" if float(o["target_pairs"]) > 0 else "consecutive keyframe pairs, as the release")
     where = ("a fixed position code on the reference attention (`reference_position_encoding: true`; the release "
              "has none)" if o["renderer_positions"] else "reference attention without a position code, as the release")
+    if o["renderer_target_input"]:
+        where += ("; the target's latents as 4 more UNet input channels (`target_input: true`; the release reads "
+                  "the target only through the ReferenceNet)")
     return f"{pred}; {pairs}; {where}; lr {o['lr_renderer']:g} (cosine), batch {o['batch_size']}"
 
 
@@ -554,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a fixed position code to the renderer's reference attention (not in the release; "
                         "full preset: on): without one, a renderer trained from scratch takes the target's "
                         "colours but not where they go")
+    p.add_argument("--renderer-target-input", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the renderer UNet the target's latents as 4 more input channels (not in the release; "
+                        "written to renderer/config.yaml as target_input): a small renderer trained from scratch "
+                        "does not find the target through its reference attention alone")
     p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
                    help="2 = train in two processes: [VAE -> renderer] next to [text -> mask]")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process with --jobs 2 (0 = cores / 2)")
@@ -710,7 +719,8 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
                                             cache_latents=bool(o["cache_latents"]),
                                             prediction_type=o["renderer_prediction"],
                                             target_pair_prob=float(o["target_pairs"]),
-                                            reference_position_encoding=bool(o["renderer_positions"]), **common))
+                                            reference_position_encoding=bool(o["renderer_positions"]),
+                                            target_input=bool(o["renderer_target_input"]), **common))
         rec, model = {}, res["model"]
     elif name == "text":
         res = _train_text(o, work, data, "", o["text_vocab"], o["batch_text"], o["steps_text"])

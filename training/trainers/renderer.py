@@ -4,8 +4,9 @@ Trainable: renderer UNet (all parameters), ReferenceNet, feature encoder ("cur_i
 init: He-normal convs, zero final projection), next-CLIP adapter, time encoder ("PE"). Frozen: VAE, CLIP
 vision, SD text encoder. Initialisation of the UNet and the ReferenceNet: ``--init`` =
 ``base`` (the diffusers UNet weights of the base folder, as the release: Realistic Vision), ``renderer``
-(an existing renderer checkpoint of the base release: fine-tuning), ``random`` (tiny tests) or ``auto``
-(base weights if present, else the renderer checkpoint, else random).
+(an existing renderer checkpoint of the base release: fine-tuning), ``resume`` (every part of that
+checkpoint, the feature encoder, next-CLIP adapter and time encoder too: the run continues that renderer),
+``random`` (tiny tests) or ``auto`` (base weights if present, else the renderer checkpoint, else random).
 
 Per step: z0 = VAE(next).sample()*s, z_ref = VAE(target).sample()*s; t ~ U{0..999}; noisy =
 DDIM add_noise (linear beta 0.00085-0.012, 1000 steps); canvas zeroed if drop_cur_cond, GT mask (LPIPS
@@ -14,7 +15,7 @@ adapter(CLIP(cur), CLIP(target)) zeroed if drop_image_embeds; PE zeroed if drop_
 drop_feature; context [e_next, PE, text] (79 tokens); ReferenceNet banks at t=0 with context e_target;
 loss = MSE(eps_hat, eps). No reference dropout in training (as officially).
 
-Three options the release does not have (defaults = the release's recipe), used by the starter model:
+Four options the release does not have (defaults = the release's recipe), used by the starter model:
 ``--prediction-type v_prediction`` trains the UNet to predict v = sqrt(a) eps - sqrt(1 - a) z0 (written to
 ``renderer/config.yaml``; inference converts it back to eps, core/schedule.py). A small renderer trained from
 scratch on epsilon learned to ignore the target: its high-noise estimates (where the layout and colours are
@@ -23,7 +24,11 @@ share p of the pairs end on the finished painting (interval = the time left, GT 
 0.2): every such pair is a dense signal to read the target. ``--reference-position-encoding`` adds a fixed
 position code to the reference attention (models/reference_attention.py; written to the config): without
 it the ReferenceNet told a small renderer nothing the next-CLIP token did not (the probe's no_reference
-column equalled full), since its tokens carry no place to attend to.
+column equalled full), since its tokens carry no place to attend to. ``--target-input`` gives the UNet the
+target's latents (the ReferenceNet's input, drawn from the same posterior sample) as 4 more ``conv_in`` channels
+(models/renderer_unet.py; written to the config as ``target_input: true``); UNet weights loaded from a
+checkpoint without them (``--init renderer``/``resume``/``base``) get those channels at zero, so a resumed run
+starts exactly as the renderer it resumes. Like the reference, they are never dropped in training.
 
 Output: ``<out>/renderer/ckpt/checkpoint-global_step-N.ckpt`` with unet_state_dict,
 referencenet_state_dict, cur_image_guider_state_dict, PE_state_dict, image_adpater_state_dict
@@ -44,7 +49,7 @@ from ...core.schedule import PREDICTION_TYPES
 from ...models.feature_encoder import CanvasFeatureEncoder
 from ...models.next_clip import NextClipPredictor
 from ...models.referencenet import ReferenceNet
-from ...models.renderer_unet import RendererUNet
+from ...models.renderer_unet import RendererUNet, widen_conv_in
 from ...models.time_encoder import TimeEncoder
 from .common import run_cli, TrainConfig, link_release_parts, load_base, load_metric, make_accelerator, save_official, train_loop
 from .data import PairDataset
@@ -59,6 +64,8 @@ class RendererConfig(TrainConfig):
     prediction_type: str = "epsilon"  # epsilon (official) | v_prediction
     # a fixed position code on the reference attention's tokens (not official; models/reference_attention.py)
     reference_position_encoding: bool = False
+    # the target's latents as 4 more UNet input channels (not official; models/renderer_unet.py)
+    target_input: bool = False
 
 
 def train_scheduler():
@@ -70,12 +77,13 @@ def train_scheduler():
 
 
 class RendererTrainable(torch.nn.Module):
-    def __init__(self, unet_config: dict, clip_dim: int, pe_kwargs: dict, position_encoding: bool = False):
+    def __init__(self, unet_config: dict, clip_dim: int, pe_kwargs: dict, position_encoding: bool = False,
+                 target_input: bool = False):
         super().__init__()
         cfg = {k: v for k, v in unet_config.items() if not k.startswith("_")}
         cfg.update(in_channels=4, out_channels=4)
         ctx = int(cfg["cross_attention_dim"])
-        self.unet = RendererUNet(cfg, position_encoding)
+        self.unet = RendererUNet(dict(cfg, in_channels=8 if target_input else 4), position_encoding, target_input)
         self.referencenet = ReferenceNet(cfg)
         self.guider = CanvasFeatureEncoder(4, int(cfg["block_out_channels"][0]))
         self.guider.init_for_training()
@@ -86,7 +94,18 @@ class RendererTrainable(torch.nn.Module):
 
     def copy_unet_to_reference(self):
         own = self.referencenet.unet.state_dict()
-        self.referencenet.unet.load_state_dict({k: v for k, v in self.unet.unet.state_dict().items() if k in own})
+        src = self.unet.unet.state_dict()
+        if self.unet.target_input:  # the ReferenceNet reads the target alone: the conv_in of the latents
+            src["conv_in.weight"] = src["conv_in.weight"][:, :4]
+        self.referencenet.unet.load_state_dict({k: v for k, v in src.items() if k in own})
+
+    def load_unet(self, state_dict: dict) -> None:
+        """Renderer UNet weights, from a checkpoint with or without the target channels (added at zero)."""
+        have = int(state_dict["conv_in.weight"].shape[1])
+        want = int(self.unet.unet.conv_in.weight.shape[1])
+        if have < want:
+            state_dict = widen_conv_in(state_dict, want - have)
+        self.unet.unet.load_state_dict(state_dict, strict=True)
 
     def initialise(self, mode: str, base_dir: Path, release_root: Path | None) -> str:
         """Load UNet/ReferenceNet weights; returns what was used."""
@@ -98,14 +117,18 @@ class RendererTrainable(torch.nn.Module):
             from diffusers import UNet2DConditionModel
 
             src = UNet2DConditionModel.from_pretrained(str(base_dir / "unet"), local_files_only=True).state_dict()
-            self.unet.unet.load_state_dict(src, strict=True)
+            self.load_unet(src)
             self.copy_unet_to_reference()  # the modules the ReferenceNet lacks are simply not loaded
-        elif mode == "renderer":
+        elif mode in ("renderer", "resume"):
             if renderer_ckpt is None:
-                raise FileNotFoundError("--init renderer: no renderer checkpoint in the base release")
+                raise FileNotFoundError(f"--init {mode}: no renderer checkpoint in the base release")
             ck = read_checkpoint(renderer_ckpt)
-            self.unet.unet.load_state_dict(ck["unet_state_dict"], strict=True)
+            self.load_unet({k: v.float() for k, v in ck["unet_state_dict"].items()})
             self.referencenet.unet.load_state_dict(ck["referencenet_state_dict"], strict=True)
+            if mode == "resume":
+                for module, part in ((self.guider, "cur_image_guider_state_dict"), (self.pe, "PE_state_dict"),
+                                     (self.adapter, "image_adpater_state_dict")):
+                    module.load_state_dict(ck[part], strict=True)
         elif mode != "random":
             raise ValueError(f"unknown --init {mode!r}")
         return mode
@@ -123,7 +146,8 @@ class RendererTrainable(torch.nn.Module):
             # with gradient checkpointing the blocks re-run during backward and must still see the banks:
             # they stay installed until the next step's forward replaces them
             checkpointing = self.unet.unet.is_gradient_checkpointing
-            return self.unet(noisy, t, context, feats, banks, keep_reference=checkpointing).float()
+            return self.unet(noisy, t, context, feats, banks, keep_reference=checkpointing,
+                             target_latents=z_ref if self.unet.target_input else None).float()
 
 
 def _sd(m):
@@ -146,6 +170,8 @@ def export_renderer(out: Path, model: RendererTrainable, step: int, renderer_con
         cfg["prediction_type"] = prediction_type
     if model.unet.position_encoding:  # nor this one: absent = no position code
         cfg["reference_position_encoding"] = True
+    if model.unet.target_input:  # nor this one: absent = no target channels
+        cfg["target_input"] = True
     (out / "renderer" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -156,6 +182,12 @@ def train(cfg: RendererConfig) -> dict:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     base = load_base(cfg.base, need_clip=True).to(accelerator.device)
+    if cfg.init == "resume":  # continuing a renderer: what its outputs and reference codes mean must not change
+        have = {"prediction_type": base.renderer_config.get("prediction_type", "epsilon"),
+                "reference_position_encoding": base.renderer_config.get("reference_position_encoding", False)}
+        want = {"prediction_type": cfg.prediction_type, "reference_position_encoding": cfg.reference_position_encoding}
+        if have != want:
+            raise ValueError(f"--init resume: the renderer being resumed was trained with {have}, not {want}")
     base.latent_cache = {} if cfg.cache_latents else None
     data = PairDataset(cfg.data, cfg.split, metric=None, drop_prob=cfg.drop_prob, need_target_mask=False,
                        target_pair_prob=cfg.target_pair_prob)
@@ -163,7 +195,8 @@ def train(cfg: RendererConfig) -> dict:
     if cfg.target_pair_prob > 0 or not any((Path(data.split_root) / "lpips").glob("*/*.jpg")):
         data.metric = load_metric(cfg, base).to(accelerator.device)
     clip_dim = int(base.clip_vision.config.hidden_size)
-    model = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs, cfg.reference_position_encoding)
+    model = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs, cfg.reference_position_encoding,
+                              cfg.target_input)
     used = model.initialise(cfg.init, base.base_dir, base.release_root)
     accelerator.print(f"renderer UNet/ReferenceNet init: {used}")
     if cfg.gradient_checkpointing:
