@@ -249,14 +249,18 @@ class ModelSet:
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
 
-def build_meta_networks(unet_config: dict, mask_in: int = 9, context_dim: int | None = None) -> dict:
-    """All trainable networks on the meta device at a given UNet config (for key/shape manifests)."""
-    cfg = dict(unet_config)
+def build_meta_networks(unet_config: dict, mask_in: int = 9, context_dim: int | None = None,
+                        target_input: bool = False) -> dict:
+    """All trainable networks on the meta device at a given UNet config (for key/shape manifests); the input
+    channels of each come from its role (renderer: 4, or 8 with ``target_input``; ReferenceNet 4; mask
+    generator ``mask_in``), whatever ``unet_config`` says."""
+    cfg = dict(unet_config, in_channels=4)
     if context_dim is not None:
         cfg["cross_attention_dim"] = context_dim
+    rcfg = dict(cfg, in_channels=4 * (1 + bool(target_input)))
     mcfg = dict(cfg, in_channels=mask_in, out_channels=1)
     return {
-        "renderer_unet": _build_on_meta(lambda: RendererUNet(cfg)).unet,
+        "renderer_unet": _build_on_meta(lambda: RendererUNet(rcfg, target_input=bool(target_input))).unet,
         "referencenet": _build_on_meta(lambda: ReferenceNet(cfg)).unet,
         "mask_unet": _build_on_meta(lambda: MaskUNet(mcfg)).unet,
     }

@@ -435,7 +435,9 @@ def check_release(root, manifests=None, log=print) -> list[str]:
         if missing:
             continue
         first = ckpt[parts[0]]
-        meta = build_meta_networks(unet_config_for(first, base_cfg), mask_in=first["conv_in.weight"].shape[1])
+        in_ch = first["conv_in.weight"].shape[1]
+        meta = build_meta_networks(unet_config_for(first, base_cfg), mask_in=in_ch,
+                                   target_input=label == "renderer" and in_ch == 8)  # a starter's target channels
         for net, part in zip(nets, parts):
             try:
                 load_checked(meta[net], ckpt[part], f"{label} {part}", assign=True)
