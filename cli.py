@@ -92,7 +92,8 @@ class _PaintContext:
             start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback,
             reask=args.reask, stop_stalled=args.stop_stalled, finish_frames=args.finish_frames,
             **_sampling_overrides(args))
-        self.device = check_device(args.device or device)
+        # several processes: each its own device (accelerate's cuda:LOCAL_RANK, or the CPU), whatever --device says
+        self.device = check_device(device or args.device)
         self.instructions = None
         if args.instructions is not None:
             self.instructions = parse_instruction_list(args.instructions)
@@ -329,6 +330,7 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
     from .core.export import prepare_output
     from .core.folder_run import (INDEX, check_index, jobs_for, lock_rank, read_index, record, save_records, share,
                                   write_index)
+    from .core.imaging import load_image
     from .core.painting_run import compare_settings, paint_run, plan_run
 
     rank, world = state.process_index, state.num_processes
@@ -359,7 +361,8 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
     for job in mine:  # checked up front; a painting that cannot be painted is recorded and the others go on
         try:
             working, note, _ = ctx.prepare(job.image)  # pixels read again when painted: not all held at once
-            plan = plan_run(job.folder(out), ctx.settings_for(working, job.image), ctx.mode, f"{job.name}/")
+            run_settings = ctx.settings_for(working, job.image)
+            plan = plan_run(job.folder(out), run_settings, ctx.mode, f"{job.name}/")
         except UserInputError as exc:
             records[job.name] = record(job, out, "invalid", str(exc))
             print(f"{prefix}skipped: {exc}", file=sys.stderr)
@@ -367,20 +370,20 @@ def _paint_folder(ctx: _PaintContext, images: list[Path], state) -> int:
         if plan.complete:
             records[job.name] = record(job, out, "complete")
         else:
-            plans[job.name] = (plan, working)
+            plans[job.name] = (plan, working, run_settings)
     save_records(out, rank, records)
     write_index(out, jobs, shared)
     progress = _FolderProgress(len(plans), ctx.settings.max_keyframes, prefix)
     interrupted = False
     try:
         for i, job in enumerate(j for j in mine if j.name in plans):
-            plan, working = plans[job.name]
+            plan, working, run_settings = plans[job.name]
             progress.start(i + 1, job.name)
             try:
                 painter, text = ctx.painter()
-                pixels = ctx.prepare(job.image)[2] if ctx.args.frame_size == "painting" else None
-                paint_run(plan, painter, working, ctx.settings, text, ctx.settings_for(working, job.image),
-                          on_keyframe=progress.keyframe, painting=pixels)
+                pixels = load_image(job.image)[0] if ctx.args.frame_size == "painting" else None
+                paint_run(plan, painter, working, ctx.settings, text, run_settings, on_keyframe=progress.keyframe,
+                          painting=pixels)
                 records[job.name] = record(job, out, "complete")
                 progress.done(f"{job.name}: {records[job.name]['frames']} frames ({painter.last_stop_reason})")
             except KeyboardInterrupt:
@@ -461,7 +464,8 @@ def cmd_tiny_release(args) -> int:
 def cmd_rehearsal_release(args) -> int:
     from .core.errors import MissingPathError, OutputFolderError
     from .core.export import prepare_output
-    from .core.rehearsal_release import PARTS, check_release, missing_parts, write_rehearsal_release
+    from .core.rehearsal_release import (PARTS, check_release, is_rehearsal_release, missing_parts,
+                                        write_rehearsal_release)
 
     out = Path(args.out)
     if args.manifests is not None and not Path(args.manifests).is_dir():
@@ -472,7 +476,7 @@ def cmd_rehearsal_release(args) -> int:
     else:  # checked before anything is written: a user's folder is never written into
         if out.exists() and not out.is_dir():
             raise OutputFolderError(f"{out}: a file is in the way (give a folder path)")
-        if out.is_dir() and any(out.iterdir()) and not (out / "README.txt").is_file():
+        if out.is_dir() and any(out.iterdir()) and not is_rehearsal_release(out):
             raise OutputFolderError(f"{out} exists and is not a rehearsal release: choose another folder")
         prepare_output(out, "resume", "rehearsal-release folder")  # a read-only location fails here
         write_rehearsal_release(out, seed=args.seed, llava_layers=args.llava_layers, shard_gb=args.shard_gb,
@@ -504,7 +508,7 @@ def cmd_train(argv) -> int:
 
 def _short_side(text: str) -> int:
     from .core.errors import number_argument
-    from .core.imaging import MAX_SHORT_SIDE, MIN_SIDE
+    from .core.limits import MAX_SHORT_SIDE, MIN_SIDE
 
     n = number_argument("int", MIN_SIDE, MAX_SHORT_SIDE)(text)
     if n % 8:
@@ -514,7 +518,7 @@ def _short_side(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .core.errors import CommandLineParser, number_argument, path_argument
-    from .core.loop import MAX_GUIDANCE, MAX_INTERVAL_S, MAX_KEYFRAMES, MAX_STEPS
+    from .core.limits import FRAME_SIZES, MAX_GUIDANCE, MAX_INTERVAL_S, MAX_KEYFRAMES, MAX_STEPS
 
     p = CommandLineParser(prog="inverse-painting", description=__doc__.split("\n")[0],
                           epilog="--debug (anywhere) prints the traceback of an error")
@@ -591,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     paint.add_argument("--finish-frames", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="after the stop, N keyframes cross-fading to the painting itself, so the time-lapse "
                             "ends on it (default: the model folder's choice; 0 = the release)")
-    paint.add_argument("--frame-size", choices=("painting", "working"), default="painting",
+    paint.add_argument("--frame-size", choices=FRAME_SIZES, default=FRAME_SIZES[0],
                        help="size of the written frames and videos: the painting's own (each keyframe scaled up from "
                             "the working size; the last finishing frame is the painting itself) or the working size "
                             "(default: painting)")

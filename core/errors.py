@@ -12,8 +12,6 @@ import sys
 import traceback
 from typing import Callable
 
-import torch
-
 
 class UserInputError(ValueError):
     """An input that cannot be used; the message names it and what would be accepted."""
@@ -34,9 +32,9 @@ class OutputFolderError(UserInputError):
 class NumericalFault(RuntimeError):
     """Values that stopped being finite (NaN/Inf) at a named stage of the painting."""
 
-    def __init__(self, stage: str, dtype: torch.dtype | None = None, detail: str = ""):
+    def __init__(self, stage: str, dtype=None, detail: str = ""):
         self.stage = stage
-        if dtype in (torch.float16,):
+        if str(dtype) == "torch.float16":
             cause = ("likely an fp16 overflow: run in bf16 or fp32 (--dtype / the loader's precision)")
         else:
             cause = "likely NaN/Inf in the model's weights or in an input"
@@ -44,8 +42,10 @@ class NumericalFault(RuntimeError):
                          "Nothing from this keyframe was kept.")
 
 
-def check_finite(tensor: torch.Tensor, stage: str, detail: str = "") -> torch.Tensor:
+def check_finite(tensor, stage: str, detail: str = ""):
     """``tensor`` unchanged, or :class:`NumericalFault` naming ``stage`` if it holds NaN/Inf."""
+    import torch  # here, so that the command line starts without torch
+
     if not bool(torch.isfinite(tensor).all()):
         raise NumericalFault(stage, tensor.dtype, detail)
     return tensor

@@ -19,11 +19,7 @@ from PIL import Image, ImageOps
 
 from .errors import UserInputError
 
-MIN_SIDE = 64
-MAX_SIDE = 4096
-# the working image keeps the painting's aspect; past this ratio of long to short side it would be a strip the
-# models were never trained on, and its long side grows without bound (20000x100 at short side 128: 25600 px)
-MAX_ASPECT = 4.0
+from .limits import FRAME_SIZES, MAX_ASPECT, MAX_SHORT_SIDE, MAX_SIDE, MIN_SIDE  # noqa: F401 - re-exported
 _ALPHA_MODES = ("RGBA", "LA", "P", "PA", "RGBa", "La")
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -165,9 +161,6 @@ def cross_fade(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return np.clip(a + t * (np.asarray(b, dtype=np.float32) - a) + 0.5, 0, 255).astype(np.uint8)
 
 
-FRAME_SIZES = ("painting", "working")  # the size frames are written at: the painting's own, or the working size
-
-
 def frame_to_size(frame: np.ndarray, hw) -> np.ndarray:
     """A uint8 HWC frame at ``hw`` (h, w): Lanczos, unchanged when it already has that size."""
     h, w = int(hw[0]), int(hw[1])
@@ -245,7 +238,6 @@ class WorkingImage:
         return pad_to_multiple(img)
 
 
-MAX_SHORT_SIDE = 2048
 
 
 def check_short_side(short_side: int | None, name: str = "short_side") -> None:

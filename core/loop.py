@@ -25,6 +25,7 @@ from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop
 from .errors import NumericalFault, OptionError, check_finite, finite_number, whole_number
 from .guidance import GuidanceScales
 from .imaging import WorkingImage, check_short_side, cross_fade, prepare_image
+from .limits import MAX_GUIDANCE, MAX_INTERVAL_S, MAX_KEYFRAMES, MAX_STEPS  # noqa: F401 - re-exported
 from .loading import paint_defaults
 from .mask_generator import MIN_AREA, LadderResult, MaskGenerator, MaskPrediction, fall_back_to_difference
 from .model_set import ModelSet
@@ -42,10 +43,6 @@ STALL_MIN_GAIN = 0.01  # ``stop_stalled``: a keyframe must get this much closer 
 # ``stop_stalled`` waits for this many keyframes: the first layers of a real process (the sky, then the moon or
 # the clouds in it) barely move the distance to a target that is still mostly unpainted, so they look stalled
 STALL_MIN_KEYFRAMES = 8
-MAX_INTERVAL_S = 3600.0  # option ranges: wide enough for any use, narrow enough to refuse typos and overflows
-MAX_KEYFRAMES = 10000
-MAX_STEPS = 1000
-MAX_GUIDANCE = 100.0  # far past any useful scale; larger ones overflow to NaN in the first step
 FINISH_INSTRUCTION = "(finish)"  # the instruction of the finishing keyframes (``finish_frames``)
 
 

@@ -56,8 +56,8 @@ def choose_tier(choice: str, free_bytes: float | None, text_model: bool = True) 
         if choice not in TIERS:
             raise ValueError(f"unknown memory tier {choice!r} (choose from {', '.join(TIER_CHOICES)})")
         return TIERS[choice]
-    if free_bytes is None:
-        return TIERS["full"] if text_model else TIERS["notext"]
+    if free_bytes is None:  # nothing to page to: networks read again from disk would only cost time
+        return TIERS["full"]
     for name, gb in AUTO_THRESHOLDS:
         if free_bytes >= gb * GB:
             return TIERS[name] if text_model or name == "full" else TIERS["notext"]

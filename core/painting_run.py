@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import OptionError, OutputFolderError
-from .export import MANIFEST, ProcessWriter, _lock, folder_state, prepare_output
+from .export import LOCK_FILE, MANIFEST, ProcessWriter, _lock, folder_state, prepare_output
 from .imaging import WorkingImage, cross_fade, frame_to_size, mask_to_size
 from .loop import DISTANCE_FIELDS, Keyframe, LoopState, Painter, PaintSettings
 
@@ -97,17 +97,25 @@ def paint_run(plan: RunPlan, painter: Painter, working: WorkingImage, settings: 
     size = painting.shape[:2] if painting is not None else (h, w)
     lock = _take_folder(plan)
     writer = plan.writer
-    if writer is None or writer.count == 0:
-        writer = ProcessWriter(plan.out, run_settings, {"distances": DISTANCE_FIELDS, "working_size": [h, w],
-                                                         "frame_size": list(size)},
-                               mode="overwrite" if plan.mode == "overwrite" else "resume")
-        writer._lock = lock
-        writer.add(np.full((*size, 3), 255, np.uint8),
-                   {"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None},
-                   np.zeros(size, np.uint8))
-    else:
-        writer._lock = lock
-        writer.drop_unkept()
+    try:
+        if writer is None or writer.count == 0:
+            writer = ProcessWriter(plan.out, run_settings, {"distances": DISTANCE_FIELDS, "working_size": [h, w],
+                                                             "frame_size": list(size)},
+                                   mode="overwrite" if plan.mode == "overwrite" else "resume")
+            writer._lock = lock
+            writer.add(np.full((*size, 3), 255, np.uint8),
+                       {"time_s": 0.0, "instruction": "", "mask_area": 0.0, "lpips_to_target": None},
+                       np.zeros(size, np.uint8))
+        else:
+            writer._lock = lock
+            writer.drop_unkept()
+    except BaseException:  # nothing painted yet: the folder is released (a folder run goes on to the next one)
+        if writer is not None and writer._lock is lock:
+            writer.close()
+        elif lock is not True:
+            (plan.out / LOCK_FILE).unlink(missing_ok=True)
+            lock.close()
+        raise
     last_painted, finished = None, 0
     try:
         for kf in painter.paint(working, settings, instructions=text, resume=plan.state, **paint_kwargs):

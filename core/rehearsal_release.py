@@ -317,6 +317,17 @@ def write_alexnet(folder: Path) -> None:
 PARTS = ("base", "clip", "renderer", "mask_generator", "text_model", "lpips")
 
 
+REHEARSAL_MARK = "Full-size REHEARSAL release"  # how its README.txt begins
+
+
+def is_rehearsal_release(folder: Path) -> bool:
+    """Whether ``folder`` holds a release this command wrote (its README.txt says so), not a user's folder."""
+    try:
+        return (Path(folder) / "README.txt").read_text(errors="replace").startswith(REHEARSAL_MARK)
+    except OSError:
+        return False
+
+
 def write_rehearsal_release(root, seed: int = 0, llava_layers: int = LLAVA_LAYERS, shard_gb: float = 10.0,
                             parts=PARTS, log=print) -> Path:
     """Write the full-size release layout with random weights under ``root`` (one part at a time, so the
@@ -338,7 +349,7 @@ def write_rehearsal_release(root, seed: int = 0, llava_layers: int = LLAVA_LAYER
         gc.collect()
         log(f"wrote {part} ({time.time() - t0:.0f} s)")
     (root / "README.txt").write_text(
-        "Full-size REHEARSAL release: the released files, key names, shapes and dtypes with random weights "
+        f"{REHEARSAL_MARK}: the released files, key names, shapes and dtypes with random weights "
         f"(LLaVA with {llava_layers} of 32 decoder layers). Written by `inverse-painting rehearsal-release`. "
         "Its pictures are noise: for rehearsing loading, memory and speed only.\n")
     return root

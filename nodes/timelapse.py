@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from ..core import imaging
 from ..core.imaging import cross_fade, frame_to_size
+from ..core.limits import FRAME_SIZES as _FRAME_SIZES
 from ..core.loop import DISTANCE_FIELDS
 from ..models.text_instruction import parse_instruction_list
 from . import comfy_bridge as cb
@@ -68,7 +68,7 @@ class PlannedInstructions:
         return self.text_model.alternatives(canvas, target, count)
 
 
-FRAME_SIZES = list(imaging.FRAME_SIZES)
+FRAME_SIZES = list(_FRAME_SIZES)
 
 
 def to_painting_size(frames: list[np.ndarray], masks: torch.Tensor, finishing: list[bool], painting: np.ndarray):

@@ -297,6 +297,10 @@ CLI_CASES = [
     ("rehearsal seed -1", lambda f, t, o: ["rehearsal-release", str(t / "r"), "--seed", "-1"], None, 2, ["--seed"]),
     ("rehearsal into a run", lambda f, t, o: ["rehearsal-release", o, "--parts", "lpips"], None, 2,
      ["not a rehearsal release"]),
+    # any README.txt passed as "a rehearsal release": 15 GB would have been written into a user's project
+    ("rehearsal into a folder with a README", lambda f, t, o: ["rehearsal-release", o, "--parts", "lpips"],
+     lambda f, t: ((t / "out").mkdir(), (t / "out" / "README.txt").write_text("my project")), 2,
+     ["not a rehearsal release"]),
     ("rehearsal into a file", lambda f, t, o: ["rehearsal-release", str(f["a_file"]), "--parts", "lpips"], None, 2,
      ["a file is in the way"]),
     ("rehearsal check an empty folder", lambda f, t, o: ["rehearsal-release", str(f["empty"]), "--check-only"], None,
@@ -697,6 +701,23 @@ def test_one_writer_per_run_folder(tmp_path):
         second.add(np.zeros((8, 8, 3), np.uint8), {"time_s": 0.0})
     first.finish()
     assert not (tmp_path / "o" / ".writing.lock").exists()
+
+
+def test_a_failure_before_the_first_frame_releases_the_folder(files, tmp_path, capsys, monkeypatch):
+    """Writing the start canvas fails (a full disk): the folder's lock is released, so the same process (a folder
+    run going on to its next painting) or a later command can write there."""
+    from inverse_painting.core.export import LOCK_FILE, ProcessWriter, _lock
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ProcessWriter, "add", full_disk)
+    out = tmp_path / "o"
+    rc, _, err = _run(_paint_argv(files, out), capsys)
+    assert rc == 1 and "No space left" in err
+    assert not (out / LOCK_FILE).exists()
+    handle = _lock(out)  # not refused as "another run is writing"
+    handle.close()
 
 
 def test_temporary_files_are_hidden_from_globs(tmp_path):

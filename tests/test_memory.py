@@ -18,6 +18,7 @@ def test_choose_tier_from_free_memory():
     # without a text model the smaller tiers become "notext"; a large GPU still keeps everything resident
     assert choose_tier("auto", 15 * GB, text_model=False).name == "notext"
     assert choose_tier("auto", 40 * GB, text_model=False).name == "full"
+    assert choose_tier("auto", None, text_model=False).name == "full"  # the CPU: nothing to page to
     assert choose_tier("8gb", 40 * GB).name == "8gb"
     with pytest.raises(ValueError, match="unknown memory tier"):
         choose_tier("6gb", None)

@@ -151,3 +151,16 @@ def test_resume_refuses_other_objective_or_position_code(tiny_release, tmp_path)
                          progress=False, tensorboard=False)
     with pytest.raises(ValueError, match="resume"):  # the tiny release's renderer predicts epsilon
         train(cfg)
+
+
+def test_a_renderer_with_target_channels_is_not_loaded_without_them(tiny_release):
+    """Its conv_in has 4 more channels than a plain renderer's: refused by name, not a size-mismatch error."""
+    from inverse_painting.training.trainers.common import load_base
+    from inverse_painting.training.trainers.renderer import RendererTrainable
+
+    base = load_base(str(tiny_release), need_clip=True)
+    clip_dim = int(base.clip_vision.config.hidden_size)
+    wide = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs, target_input=True)
+    plain = RendererTrainable(base.unet_config, clip_dim, base.pe_kwargs, target_input=False)
+    with pytest.raises(ValueError, match="--target-input"):
+        plain.load_unet(wide.unet.unet.state_dict())

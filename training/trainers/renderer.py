@@ -103,6 +103,9 @@ class RendererTrainable(torch.nn.Module):
         """Renderer UNet weights, from a checkpoint with or without the target channels (added at zero)."""
         have = int(state_dict["conv_in.weight"].shape[1])
         want = int(self.unet.unet.conv_in.weight.shape[1])
+        if have > want:
+            raise ValueError("the renderer being loaded takes the target's latents as input (target_input): "
+                             "train with --target-input to continue it")
         if have < want:
             state_dict = widen_conv_in(state_dict, want - have)
         self.unet.unet.load_state_dict(state_dict, strict=True)
@@ -186,6 +189,9 @@ def train(cfg: RendererConfig) -> dict:
         have = {"prediction_type": base.renderer_config.get("prediction_type", "epsilon"),
                 "reference_position_encoding": base.renderer_config.get("reference_position_encoding", False)}
         want = {"prediction_type": cfg.prediction_type, "reference_position_encoding": cfg.reference_position_encoding}
+        if base.renderer_config.get("target_input", False) and not cfg.target_input:
+            raise ValueError("--init resume: the renderer being resumed takes the target's latents as input: "
+                             "add --target-input")
         if have != want:
             raise ValueError(f"--init resume: the renderer being resumed was trained with {have}, not {want}")
     base.latent_cache = {} if cfg.cache_latents else None
