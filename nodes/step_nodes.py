@@ -138,6 +138,7 @@ class InversePaintingDifferenceMask:
 
     def run(self, canvas, target, threshold=0.2, metric=metrics.AUTO, model=None):
         threshold = finite_input(threshold, "threshold", 0)
+        _one(target, "target", "Difference Mask")  # canvases may be a batch: one mask each
         if model is not None and metric in (metrics.AUTO, model.metric_name):
             loaded = model.load()
             net, short_side = loaded.metric, model.short_side
@@ -145,7 +146,6 @@ class InversePaintingDifferenceMask:
             device = model.device if model is not None else cb.resolve_device("auto")
             net = metrics.standalone_metric(metric, device)
             short_side = model.short_side if model is not None else DEFAULT_SHORT_SIDE
-        _one(target, "target", "Difference Mask")  # canvases may be a batch: one mask each
         working = prepare_image(image_to_uint8(target, 0, "target"), short_side)
         masks, maps = [], []
         for i in range(image_batch_size(canvas, "canvas")):
@@ -293,18 +293,19 @@ class InversePaintingRenderKeyframe:
         _one(mask, "mask", "Render Keyframe", mask=True)
         working, canvas_u8 = _working(model, target, canvas, node="Render Keyframe")
         ext, sig = make_sampling(sampler, sigmas, seed)
-        loaded = model.load()
-        mask_full = snap_to_latent_grid(mask_to_working(mask_to_batch(mask)[0], working)).to(loaded.models.device)
-        renderer = loaded.renderer
-        tstate = model.target_state(loaded, working)
         prev = None
-        latent_shape = (1, tstate.latents.shape[1], *working.latent_hw)
-        if previous_latent is not None:
+        if previous_latent is not None:  # checked before any network runs
             prev = previous_latent.get("samples") if isinstance(previous_latent, dict) else previous_latent
             if not isinstance(prev, torch.Tensor) or prev.ndim != 4:
                 raise NodeInputError("previous_latent: expected a LATENT from the previous Render Keyframe")
             if not bool(torch.isfinite(prev).all()):
                 raise NodeInputError("previous_latent holds NaN or Inf values")
+        loaded = model.load()
+        mask_full = snap_to_latent_grid(mask_to_working(mask_to_batch(mask)[0], working)).to(loaded.models.device)
+        renderer = loaded.renderer
+        tstate = model.target_state(loaded, working)
+        latent_shape = (1, tstate.latents.shape[1], *working.latent_hw)
+        if prev is not None:
             if tuple(prev.shape[-3:]) != latent_shape[1:]:
                 raise NodeInputError(f"previous_latent has shape {tuple(prev.shape)}, but this canvas needs "
                                      f"{latent_shape} (same target and working size as the previous step)")
