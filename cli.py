@@ -88,9 +88,8 @@ class _PaintContext:
         self.settings = PaintSettings.for_model(
             self.models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, seed=args.seed,
             short_side=args.short_side, scales=GuidanceScales(*args.guidance),
-            compare_to=None if args.compare_to == "auto" else args.compare_to, denoise=args.denoise,
-            start_from=args.start_from, keep_unmasked=args.keep_unmasked, difference_fallback=args.difference_fallback,
-            reask=args.reask, stop_stalled=args.stop_stalled, finish_frames=args.finish_frames,
+            compare_to=None if args.compare_to == "auto" else args.compare_to, reask=args.reask,
+            stop_stalled=args.stop_stalled, finish_frames=args.finish_frames,
             **_sampling_overrides(args))
         # several processes: each its own device (accelerate's cuda:LOCAL_RANK, or the CPU), whatever --device says
         self.device = check_device(device or args.device)
@@ -572,19 +571,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="difference masks and the stop rule measure against the target, or against the "
                             "target through the model's VAE (auto: what the model folder asks for; a starter "
                             "asks for reconstruction)")
-    paint.add_argument("--denoise", type=number_argument("float", 0, 1, low_open=True), default=None,
-                       help="< 1: start each keyframe from the canvas noised this far instead of pure noise "
-                            "(default: the model folder's choice; 1.0 = the release)")
-    paint.add_argument("--start-from", default=None, choices=["canvas", "target_in_mask"],
-                       help="with --denoise < 1, what a keyframe starts from: the canvas, or the canvas with the "
-                            "region to paint taken from the target (default: the model folder's choice)")
-    paint.add_argument("--keep-unmasked", default=None, action=argparse.BooleanOptionalAction,
-                       help="keep the canvas pixels outside the painted region (default: the model folder's "
-                            "choice; the release keeps the whole rendered image)")
-    paint.add_argument("--difference-fallback", default=None, action=argparse.BooleanOptionalAction,
-                       help="paint the difference mask when the mask generator finds (almost) nothing while the "
-                            "canvas still differs from the target (default: the model folder's choice; off in "
-                            "the release, whose loop then stops with those areas unpainted)")
     paint.add_argument("--reask", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="when the text model names a region the mask generator finds finished for the second "
                             "time, try up to this many of its next answers (default: the model folder's choice; "

@@ -27,15 +27,14 @@ from .guidance import GuidanceScales
 from .imaging import WorkingImage, check_short_side, cross_fade, prepare_image
 from .limits import MAX_GUIDANCE, MAX_INTERVAL_S, MAX_KEYFRAMES, MAX_STEPS  # noqa: F401 - re-exported
 from .loading import paint_defaults
-from .mask_generator import MIN_AREA, LadderResult, MaskGenerator, MaskPrediction, fall_back_to_difference
+from .mask_generator import MIN_AREA, LadderResult, MaskGenerator, MaskPrediction
 from .model_set import ModelSet
 from .renderer import ExternalSampler, Renderer
 from .sampling import SAMPLERS, NoiseSource
 
 
 # the PaintSettings a model folder may choose (core/loading.paint_defaults), the rest being per run
-MODEL_PAINT_CHOICES = ("short_side", "compare_to", "denoise", "start_from", "keep_unmasked", "difference_fallback",
-                       "reask", "stop_stalled", "finish_frames")
+MODEL_PAINT_CHOICES = ("short_side", "compare_to", "reask", "stop_stalled", "finish_frames")
 
 
 REASK_THRESHOLD = 0.5  # the ladder's first threshold: below MIN_AREA there, a region counts as finished
@@ -50,8 +49,8 @@ FINISH_INSTRUCTION = "(finish)"  # the instruction of the finishing keyframes (`
 class PaintSettings:
     interval_s: float = 20.0
     max_keyframes: int = 50
-    # the default sampling: DPM-Solver++(2M), 12 steps, four guidance branches (48 UNet passes at denoise 1.0
-    # instead of the release's 150; evaluation/speed_report.py). The release: euler_ancestral, 25 steps, six.
+    # the default sampling: DPM-Solver++(2M), 12 steps, four guidance branches (48 UNet passes instead of the
+    # release's 150; evaluation/speed_report.py). The release: euler_ancestral, 25 steps, six.
     steps: int = 12
     seed: int = 1
     scales: GuidanceScales = field(default_factory=GuidanceScales)
@@ -72,22 +71,6 @@ class PaintSettings:
     # (the starter) cannot get closer to the target than its own reconstruction, which can be further
     # than the 0.2 / 0.1 thresholds: measured against the target, the loop would never see a finished region.
     compare_to: str = "target"  # "target" | "reconstruction"
-    # < 1: each keyframe starts from the canvas's latents noised part of the way (img2img), not from pure
-    # noise; the release uses 1.0. An under-trained renderer (the starter) drifts in colour from pure noise.
-    # combine_init only applies at 1.0: starting from the canvas already keeps the unmasked area.
-    denoise: float = 1.0
-    # with denoise < 1, what a keyframe starts from: the canvas ("canvas"), or the canvas with the region to
-    # paint replaced by the target ("target_in_mask", latent space). The second gives the renderer the
-    # region's layout and colours, as an artist's reference photo; the renderer re-paints it from there.
-    start_from: str = "canvas"
-    # paste the previous canvas back outside the painted region (pixel space): only the masked region
-    # changes, as in a real process, and the unmasked canvas is not passed through the VAE again at every
-    # keyframe (a small VAE blurs it a little more each time). The release keeps the whole decoded image.
-    keep_unmasked: bool = False
-    # when the mask generator's mask covers under 5 % of the image while the canvas still differs from the
-    # target over more than that, paint the difference mask instead (release: False, the empty mask is kept
-    # and the loop soon stops on "canvas stopped changing", leaving those areas unpainted)
-    difference_fallback: bool = False
     # > 0: when the mask generator finds under 5 % of the image at threshold 0.5 for the instruction (the
     # region it names looks finished) for the second time, with no region found for it in between, try up to
     # this many other answers of the text generator, most likely first (beam search), and paint the first one
@@ -99,9 +82,9 @@ class PaintSettings:
     # Skipped on the first keyframe and for user instructions (no alternatives to ask).
     reask: int = 0
     # > 0: also stop when the last this-many keyframes got no closer to the target (``compare_to``) than the best
-    # keyframe before them, by STALL_MIN_GAIN, once STALL_MIN_KEYFRAMES exist. Release: 0. Its "stopped
-    # changing" rule does not fire when each keyframe starts from the noised canvas (denoise < 1): the renderer
-    # then keeps re-painting a canvas it cannot improve, with small changes everywhere, until max_keyframes.
+    # keyframe before them, by STALL_MIN_GAIN, once STALL_MIN_KEYFRAMES exist. Release: 0. The release's
+    # "stopped changing" rule does not fire while a renderer that cannot improve a canvas keeps re-painting it
+    # with small changes everywhere; it then runs to max_keyframes.
     stop_stalled: int = 0
     # > 0: after the stop, this many more keyframes cross-fade (pixel space, one interval apart) from the last
     # keyframe to the target painting itself, so the time-lapse ends on the painting, as a real one does.
@@ -142,16 +125,13 @@ class PaintSettings:
             check_short_side(self.short_side)
         if self.compare_to not in ("target", "reconstruction"):
             raise OptionError(f"compare_to must be 'target' or 'reconstruction', got {self.compare_to!r}")
-        self.denoise = finite_number(self.denoise, "denoise", 0, 1, low_open=True)
-        if self.start_from not in ("canvas", "target_in_mask"):
-            raise OptionError(f"start_from must be 'canvas' or 'target_in_mask', got {self.start_from!r}")
         for name in ("reask", "stop_stalled", "finish_frames"):
             setattr(self, name, whole_number(getattr(self, name), name, 0, MAX_KEYFRAMES))
 
     @classmethod
     def for_model(cls, root, **settings) -> "PaintSettings":
         """Settings for the model folder ``root``: the release defaults, then what the folder asks for
-        (:func:`.loading.paint_defaults`, e.g. a starter's size, ``compare_to`` and ``denoise``), then the
+        (:func:`.loading.paint_defaults`, e.g. a starter's size and ``compare_to``), then the
         given ``settings`` that are not None."""
         chosen = paint_defaults(root)
         unknown = sorted(set(chosen) - set(MODEL_PAINT_CHOICES))
@@ -264,33 +244,12 @@ class LoopState:
                    list(info.get("finished", [])))
 
 
-def keyframe_start(models: ModelSet, settings: PaintSettings, canvas: np.ndarray, target_latents: torch.Tensor,
-                   mask_latent: torch.Tensor) -> torch.Tensor | None:
-    """The latents a keyframe's img2img run starts from (``settings.denoise`` < 1, see ``start_from``);
-    None at denoise 1.0 (pure noise, as the release)."""
-    if settings.denoise >= 1.0:
-        return None
-    start = models.image_latents(canvas)
-    if settings.start_from == "target_in_mask":
-        m = mask_latent.to(start.device, start.dtype)
-        return start * (1 - m) + target_latents.to(start.device, start.dtype) * m
-    if settings.start_from != "canvas":
-        raise ValueError(f"start_from must be 'canvas' or 'target_in_mask', not {settings.start_from!r}")
-    return start
-
-
 def stalled(to_target: Sequence[float], keyframes: int) -> bool:
     """``PaintSettings.stop_stalled``: the last ``keyframes`` distances are none of them STALL_MIN_GAIN below the
     best distance before them, and there are STALL_MIN_KEYFRAMES or more."""
     n = int(keyframes)
     return (0 < n < len(to_target) and len(to_target) >= STALL_MIN_KEYFRAMES
             and min(to_target[-n:]) > min(to_target[:-n]) - STALL_MIN_GAIN)
-
-
-def paste_unmasked(canvas: np.ndarray, image: np.ndarray, mask_full: torch.Tensor) -> np.ndarray:
-    """``image`` inside the mask, the canvas outside (both uint8 HWC at working size; mask (1, 1, H, W))."""
-    keep = (mask_full[0, 0] < 0.5).cpu().numpy()[..., None]
-    return np.where(keep, canvas, image)
 
 
 class Painter:
@@ -421,8 +380,6 @@ class Painter:
                 chosen = self.mask_generator.choose(pred, prev_mask, first=k == 0, ladder=settings.threshold_ladder)
                 if reasked is not None:
                     chosen.trail.insert(0, reasked)
-                if settings.difference_fallback:
-                    chosen = fall_back_to_difference(chosen, pred)
                 difference = pred.difference
                 check_finite(pred.logits, "mask generator", f"keyframe {k + 1}")
                 if trace is not None:
@@ -433,14 +390,13 @@ class Painter:
             cb = None
             if step_callback is not None:
                 cb = lambda info, _k=k: step_callback(_k, info)  # noqa: E731
-            start = keyframe_start(self.models, settings, canvas, tstate.latents, chosen.mask_latent)
-            combine = settings.combine_init and k > 0 and start is None
+            combine = settings.combine_init and k > 0
             result = self.renderer.render(
                 conds, noise, settings.steps, settings.scales, settings.fast_guidance,
                 prev_latents if combine else None, settings.combine_ratio,
-                sampler=sampler, sigmas=sigmas, callback=cb, start_latents=start, denoise=settings.denoise,
-                sampler_name=settings.sampler, guidance_interval=settings.guidance_interval)
-            image = paste_unmasked(canvas, result.image, chosen.mask_full) if settings.keep_unmasked else result.image
+                sampler=sampler, sigmas=sigmas, callback=cb, sampler_name=settings.sampler,
+                guidance_interval=settings.guidance_interval)
+            image = result.image
             change = stop_rule_distance(self.metric, canvas, image)
             dist, to_recon = self._distances(target_img, reference, image)
             if not all(math.isfinite(d) for d in (change, dist, dist if to_recon is None else to_recon)):

@@ -89,18 +89,6 @@ def threshold_ladder(probability: torch.Tensor, full_hw, previous: torch.Tensor 
     return LadderResult(chosen[1], chosen[2], chosen[0], trail)
 
 
-def fall_back_to_difference(chosen: LadderResult, prediction: MaskPrediction, min_area: float = MIN_AREA) -> LadderResult:
-    """The difference mask instead of a mask smaller than ``min_area`` of the image, when the canvas still
-    differs from the target over at least that much: a weak mask generator can stop finding regions before
-    the canvas is covered (an empty mask leaves the canvas as it is, and the loop stops with white areas)."""
-    H, W = chosen.mask_full.shape[-2:]
-    diff = prediction.difference.float()
-    if float(chosen.mask_full.float().mean()) >= min_area or float(diff.mean()) < min_area:
-        return chosen
-    trail = chosen.trail + [{"decision": f"mask under {min_area:.0%} of the image: difference mask used"}]
-    return LadderResult(diff, upsample_latent_mask(diff, (H, W)), chosen.threshold, trail)
-
-
 class MaskGenerator:
     def __init__(self, models: ModelSet, metric):
         if models.mask is None:

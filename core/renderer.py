@@ -180,16 +180,11 @@ class Renderer:
                scales: GuidanceScales = GuidanceScales(), fast: bool = True,
                prev_latents: torch.Tensor | None = None, combine_ratio: float = 0.2,
                sampler: ExternalSampler | None = None, sigmas: torch.Tensor | None = None,
-               callback=None, trace: list | None = None, start_latents: torch.Tensor | None = None,
-               denoise: float = 1.0, sampler_name: str = "euler_ancestral",
+               callback=None, trace: list | None = None, sampler_name: str = "euler_ancestral",
                guidance_interval: tuple[float, float] | None = None) -> RenderResult:
         """Sample one keyframe. Without ``sampler``/``sigmas`` this is the release's Euler-ancestral run;
         ``sampler_name`` picks another built-in sampler (:data:`.sampling.SAMPLERS`), ``guidance_interval``
         limits guidance to a sigma interval (see :meth:`denoiser`).
-
-        ``denoise`` < 1 (with ``start_latents``, the canvas's latents) starts like an img2img run: the
-        first round(steps * (1 - denoise)) sigmas are skipped and sampling starts from the canvas noised
-        to the next sigma (ComfyUI's KSampler "denoise"). The release always starts from pure noise (1.0).
 
         combine_init (``prev_latents`` given): after each of the first int(steps * ratio) steps, the
         latents outside the mask are replaced by the previous keyframe's latents noised with the run's
@@ -203,19 +198,11 @@ class Renderer:
         else:
             sigmas = sigmas.float().cpu()
             sigma_to_t = None
-        if not 0.0 < denoise <= 1.0:
-            raise ValueError(f"denoise must be in (0, 1], got {denoise}")
-        if denoise < 1.0:
-            if start_latents is None:
-                raise ValueError("denoise < 1 needs start_latents (the canvas's latents)")
-            sigmas = sigmas[min(int(round((len(sigmas) - 1) * (1.0 - denoise))), len(sigmas) - 2):]
         steps = len(sigmas) - 1
         sigmas_dev = sigmas.to(device)
         den = self.denoiser(conds, scales, fast, sigma_to_t, trace, guidance_interval)
         init_noise = noise.initial()
         x = init_noise * sigmas_dev[0]
-        if denoise < 1.0:
-            x = x + start_latents.to(device, x.dtype)
         n_combine = int(steps * combine_ratio) if prev_latents is not None else 0
         m = conds.mask_latent.to(x.dtype)
 

@@ -183,13 +183,6 @@ def main(argv=None) -> int:
     p.add_argument("--figures", default=None, help="also copy the figures into this folder (e.g. docs/images)")
     p.add_argument("--update-card", action="store_true",
                    help="record the table in the model's starter.json and MODEL_CARD.md")
-    p.add_argument("--denoise", type=float, default=None, help="override the model's paint default")
-    p.add_argument("--start-from", choices=["canvas", "target_in_mask"], default=None,
-                   help="override the model's paint default")
-    p.add_argument("--keep-unmasked", action=argparse.BooleanOptionalAction, default=None,
-                   help="override the model's paint default")
-    p.add_argument("--difference-fallback", action=argparse.BooleanOptionalAction, default=None,
-                   help="override the model's paint default")
     p.add_argument("--reask", type=int, default=None, help="override the model's paint default")
     p.add_argument("--stop-stalled", type=int, default=None, help="override the model's paint default")
     p.add_argument("--finish-frames", type=int, default=None, help="override the model's paint default")
@@ -197,18 +190,20 @@ def main(argv=None) -> int:
                    help="override the model's guidance scales")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    overrides = {"denoise": a.denoise, "start_from": a.start_from, "keep_unmasked": a.keep_unmasked,
-                 "difference_fallback": a.difference_fallback, "reask": a.reask, "stop_stalled": a.stop_stalled,
+    overrides = {"reask": a.reask, "stop_stalled": a.stop_stalled,
                  "finish_frames": a.finish_frames, "scales": a.guidance}
 
     from .sequences import load_sequences
 
     models = Path(a.models)
     info = json.loads((models / "starter.json").read_text())["options"]
-    if a.steps is None:  # recorded in the results and the card as a number
-        from ..core.loop import PaintSettings
+    from ..core.loop import PaintSettings
 
-        a.steps = PaintSettings.for_model(models).steps
+    defaults = PaintSettings.for_model(models)
+    if a.steps is None:  # recorded in the results and the card as a number
+        a.steps = defaults.steps
+    sampler = {"dpmpp_2m": "DPM-Solver++(2M)", "euler_ancestral": "Euler ancestral"}.get(defaults.sampler,
+                                                                                          defaults.sampler)
     out = Path(a.out)
     if out.exists():  # only ever replace a previous report, never an unrelated folder
         if any(out.iterdir()) and not (out / "results.json").is_file():
@@ -263,7 +258,8 @@ def main(argv=None) -> int:
         from ..training.starter import rewrite_card
 
         rewrite_card(models, {"count": a.count, "seed": a.seed, "steps": a.steps, "paint_seed": a.paint_seed,
-                              "table": table, "overall": overall, "vae_floor": result["vae_floor"]["mean"],
+                              "sampler": sampler, "overrides": result["paint"]["overrides"], "table": table,
+                              "overall": overall, "vae_floor": result["vae_floor"]["mean"],
                               "keyframes_mean": float(np.mean(list(counts.values())))})
     print(table)
     print(f"results: {out / 'results.json'} ({result['seconds']} s)")

@@ -13,8 +13,7 @@ from ..core.difference_mask import compute_difference_mask
 from ..core.guidance import GuidanceScales
 from ..core.imaging import prepare_image
 from ..core.errors import whole_number
-from ..core.loop import MAX_STEPS, keyframe_start, paste_unmasked
-from ..core.mask_generator import fall_back_to_difference
+from ..core.loop import MAX_STEPS
 from ..core.sampling import NoiseSource
 from . import comfy_bridge as cb
 from . import metrics
@@ -211,8 +210,6 @@ class InversePaintingMaskGenerator:
         if previous_mask is not None:
             prev = mask_to_working(mask_to_batch(previous_mask, "previous_mask")[0], working).to(pred.probability.device)
         chosen = gen.choose(pred, prev, first=prev is None, ladder=bool(threshold_ladder), threshold=float(threshold))
-        if model.painting.difference_fallback:  # the model asks for it (see PaintSettings.difference_fallback)
-            chosen = fall_back_to_difference(chosen, pred)
         H, W = working.hw
         prob_full = torch.nn.functional.interpolate(pred.probability.float(), size=(H, W), mode="nearest")
         return (core_mask_to_comfy(chosen.mask_full, working.size), core_mask_to_comfy(prob_full, working.size))
@@ -225,14 +222,6 @@ def make_sampling(sampler, sigmas, seed: int):
     """(external sampler or None, sigmas or None) from optional ComfyUI SAMPLER / SIGMAS inputs."""
     ext = cb.make_external_sampler(sampler, seed) if sampler is not None else None
     return ext, cb.validate_sigmas(sigmas)
-
-
-def steps_per_keyframe(steps: int, denoise: float = 1.0) -> int:
-    """Denoising steps a keyframe of ``steps`` runs: below denoise 1 the renderer skips the first
-    round(steps * (1 - denoise)) of them (an img2img start, see ``Renderer.render``)."""
-    if denoise >= 1.0:
-        return int(steps)
-    return int(steps) - min(int(round(steps * (1.0 - denoise))), int(steps) - 1)
 
 
 def step_callback(progress: cb.Progress | None):
@@ -314,17 +303,12 @@ class InversePaintingRenderKeyframe:
         noise = NoiseSource(int(seed), latent_shape, loaded.models.device, loaded.models.dtype,
                             first_keyframe=prev is None)
         n_steps = (len(sig) - 1) if sig is not None else int(steps)
-        painting = model.painting  # a starter asks for img2img keyframes (see PaintSettings.denoise, start_from)
-        start = keyframe_start(loaded.models, painting, canvas_u8, tstate.latents, conds.mask_latent)
-        if start is not None:
-            prev = None
-            n_steps = steps_per_keyframe(n_steps, painting.denoise)
+        painting = model.painting
         progress = cb.Progress(n_steps)
         result = renderer.render(conds, noise, int(steps), scales, bool(fast_guidance), prev,
                                  float(combine_ratio), sampler=ext, sigmas=sig, callback=step_callback(progress),
-                                 start_latents=start, denoise=painting.denoise, sampler_name=painting.sampler,
+                                 sampler_name=painting.sampler,
                                  guidance_interval=painting.guidance_interval)
-        rendered = paste_unmasked(canvas_u8, result.image, mask_full) if painting.keep_unmasked else result.image
         h, w = working.size
-        image = uint8_to_image(rendered[:h, :w])
+        image = uint8_to_image(result.image[:h, :w])
         return (image, {"samples": result.latents.detach().float().cpu()})

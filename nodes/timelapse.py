@@ -23,8 +23,7 @@ from ..models.text_instruction import parse_instruction_list
 from . import comfy_bridge as cb
 from .convert import NodeInputError, image_batch_size, image_to_uint8, mask_to_batch, uint8_to_image
 from .model_nodes import CATEGORY, MODEL_TYPE, TEXT_MODEL_TYPE
-from .step_nodes import (SEED_INPUT, STEPS_INPUT, guidance_inputs, interval_input, make_sampling, scales_from,
-                         steps_per_keyframe)
+from .step_nodes import SEED_INPUT, STEPS_INPUT, guidance_inputs, interval_input, make_sampling, scales_from
 
 START_LABEL = "(start)"  # instruction line of frame 0 (the start canvas)
 FILL_IN = {"?", "*", "auto"}  # list entries that ask the text model for that keyframe
@@ -182,7 +181,7 @@ class InversePaintingTimelapse:
         if user_masks is None or any(m is None for m in user_masks) or len(user_masks) < int(max_keyframes):
             model.require(mask_generator=True)
         ext, sig = make_sampling(sampler, sigmas, seed)
-        settings = dataclasses.replace(  # the model's own choices (size, compare_to, denoise, ...) + this node's
+        settings = dataclasses.replace(  # the model's own choices (size, compare_to, ...) + this node's
             model.painting, interval_s=float(interval), max_keyframes=int(max_keyframes), steps=int(steps),
             seed=int(seed), scales=scales_from(guidance), fast_guidance=bool(fast_guidance),
             difference_threshold=float(difference_threshold), threshold_ladder=bool(threshold_ladder),
@@ -206,7 +205,7 @@ class InversePaintingTimelapse:
             jobs.append((painting, working, start))
         painter = model.load().painter
         # progress in denoising steps: paintings x keyframes x steps, the finishing frames counting as keyframes
-        per_keyframe = steps_per_keyframe((len(sig) - 1) if sig is not None else int(steps), settings.denoise)
+        per_keyframe = (len(sig) - 1) if sig is not None else int(steps)
         per_painting = (int(max_keyframes) + settings.finish_frames) * per_keyframe
         progress = cb.Progress(count * per_painting, node_id=unique_id)
         outputs: list[tuple] = []

@@ -74,7 +74,7 @@ def measure(fn, device):
 
 
 def _evaluations(settings, schedule) -> tuple[int, int]:
-    """(guided, conditional-only) denoiser evaluations of one keyframe at denoise 1.0: one per step for both
+    """(guided, conditional-only) denoiser evaluations of one keyframe: one per step for both
     built-in samplers; a guidance interval makes the steps outside it conditional-only."""
     sigmas, _ = schedule.sampling(settings.steps)
     inside = [settings.guidance_interval is None or settings.guidance_interval[0] <= float(x) <= settings.guidance_interval[1]

@@ -78,3 +78,18 @@ def test_example_workflows_default_to_the_starter(name):
     paintings = [n for n in wf["nodes"] if n["type"] == "LoadImage"]
     assert paintings and all(n["widgets_values"][0] == EXAMPLE_INPUT_NAME for n in paintings)
     assert (PACK / "workflows" / f"{name}.jpg").is_file()
+
+
+def test_card_says_what_a_partial_rebuild_reused(tmp_path):
+    """A card of a folder rebuilt with --stages: the command builds the same weights in one go, except the text
+    generator when its rollouts were reused after a network that paints them was retrained."""
+    from inverse_painting.training.starter import write_model_card
+
+    rec = json.loads((STARTER / "starter.json").read_text())
+    rec["stages"]["rollouts"].pop("rollout_machine", None)
+    for retrained, note in ((["renderer"], "painted by the previous renderer"), (["rollouts"], None),
+                            (["mask", "rollouts"], None)):
+        write_model_card(tmp_path, {**rec, "retrained": retrained})
+        card = (tmp_path / "MODEL_CARD.md").read_text()
+        assert f"`--stages {','.join(retrained)}`" in card
+        assert (note in card) if note else "except the text generator" not in card

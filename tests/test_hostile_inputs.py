@@ -182,8 +182,6 @@ CLI_CASES = [
     ("short side 100", lambda f, t, o: _paint(f, "--out", o, "--short-side", "100"), None, 2,
      ["--short-side", "multiple of 8"]),
     ("short side 8", lambda f, t, o: _paint(f, "--out", o, "--short-side", "8"), None, 2, ["--short-side"]),
-    ("denoise 0", lambda f, t, o: _paint(f, "--out", o, "--denoise", "0"), None, 2, ["--denoise"]),
-    ("denoise 1.5", lambda f, t, o: _paint(f, "--out", o, "--denoise", "1.5"), None, 2, ["--denoise"]),
     ("reask -1", lambda f, t, o: _paint(f, "--out", o, "--reask", "-1"), None, 2, ["--reask"]),
     ("empty instruction list", lambda f, t, o: [P, str(f["painting"]), "--models", str(f["release"]),
                                                 "--instructions", " | | ", "--out", o], None, 2, ["--instructions"]),

@@ -146,104 +146,22 @@ def test_compare_to_reconstruction(painter, target):
         _run(painter, target, max_keyframes=1, settings={"compare_to": "nope"})
 
 
-def test_denoise_starts_from_the_canvas(painter, target):
-    """denoise < 1: fewer steps, started from the canvas latents; 1.0 is the release path unchanged."""
-    calls = []
-    frames = _run(painter, target, max_keyframes=1, steps=10, settings={"denoise": 0.6},
-                  step_callback=lambda k, info: calls.append(info))
-    assert len(calls) == 6  # round(10 * 0.4) sigmas skipped
-    full = _run(painter, target, max_keyframes=1, steps=10)
-    assert not np.array_equal(frames[0].image, full[0].image)
-    assert np.array_equal(full[0].image, _run(painter, target, max_keyframes=1, steps=10,
-                                              settings={"denoise": 1.0})[0].image)
-    from inverse_painting.core.imaging import prepare_image
-    from inverse_painting.core.sampling import NoiseSource
+def test_retired_paint_defaults(tmp_path):
+    """A starter folder from before the renderer was retrained may still name the retired img2img choices: at the
+    release's value they are ignored, at any other value the folder is refused by name (it painted differently)."""
+    from inverse_painting.core.loading import (RETIRED_PAINT_DEFAULTS, STARTER_PAINT_DEFAULTS, WeightFileError,
+                                               paint_defaults)
 
-    working = prepare_image(target, 64)
-    r = painter.renderer
-    tstate = r.prepare_target(working.padded)
-    conds = r.conditions(tstate, working.white_canvas(), torch.ones(1, 1, *working.hw), "sky", 20.0)
-    noise = NoiseSource(1, tuple(tstate.latents.shape), painter.models.device, painter.models.dtype, first_keyframe=True)
-    with pytest.raises(ValueError, match="start_latents"):
-        r.render(conds, noise, 4, denoise=0.5)
-    with pytest.raises(ValueError, match="denoise"):
-        r.render(conds, noise, 4, denoise=1.5, start_latents=tstate.latents)
-
-
-def test_start_from_target_in_mask_and_keep_unmasked(painter, target):
-    """start_from="target_in_mask": the img2img start takes the masked latents from the target, the rest
-    from the canvas; keep_unmasked: pixels outside the painted region stay those of the previous canvas."""
-    from inverse_painting.core.imaging import prepare_image
-    from inverse_painting.core.loop import keyframe_start, paste_unmasked
-
-    working = prepare_image(target, 64)
-    models = painter.models
-    canvas = working.white_canvas()
-    target_lat = models.image_latents(working.padded)
-    mask = torch.zeros(1, 1, *working.latent_hw)
-    mask[..., : working.latent_hw[0] // 2, :] = 1
-    canvas_lat = models.image_latents(canvas)
-    assert keyframe_start(models, PaintSettings(denoise=1.0), canvas, target_lat, mask) is None
-    assert torch.equal(keyframe_start(models, PaintSettings(denoise=0.5), canvas, target_lat, mask), canvas_lat)
-    mixed = keyframe_start(models, PaintSettings(denoise=0.5, start_from="target_in_mask"), canvas, target_lat, mask)
-    top = working.latent_hw[0] // 2
-    assert torch.equal(mixed[..., :top, :], target_lat[..., :top, :])
-    assert torch.equal(mixed[..., top:, :], canvas_lat[..., top:, :])
-    with pytest.raises(ValueError, match="start_from"):
-        keyframe_start(models, PaintSettings(denoise=0.5, start_from="noise"), canvas, target_lat, mask)
-
-    image = np.zeros_like(canvas)
-    full = torch.nn.functional.interpolate(mask, size=working.hw, mode="nearest")
-    pasted = paste_unmasked(canvas, image, full)
-    assert (pasted[: working.hw[0] // 2] == 0).all() and np.array_equal(pasted[working.hw[0] // 2:],
-                                                                          canvas[working.hw[0] // 2:])
-    frames = _run(painter, target, max_keyframes=2, steps=4,
-                  settings={"denoise": 0.5, "start_from": "target_in_mask", "keep_unmasked": True})
-    previous = working.white_canvas()
-    for k in frames:
-        outside = (k.mask[0, 0] < 0.5).numpy()
-        assert outside.any() and np.array_equal(k.image[outside], previous[outside])
-        previous = working.repad(k.image)
-    free = _run(painter, target, max_keyframes=1, steps=4, settings={"denoise": 0.5, "start_from": "target_in_mask"})
-    outside = (free[0].mask[0, 0] < 0.5).numpy()
-    assert not np.array_equal(free[0].image[outside], working.white_canvas()[outside])  # the release way repaints
-
-
-def test_difference_fallback():
-    """A mask under 5 % of the image is replaced by the difference mask while the canvas still differs from the
-    target over 5 % or more; otherwise the ladder's mask is kept."""
-    from inverse_painting.core.mask_generator import LadderResult, MaskPrediction, fall_back_to_difference
-
-    def pred(diff):
-        z = torch.zeros(1, 1, 4, 4)
-        return MaskPrediction(z, z, diff, torch.zeros(1, 1, 32, 32), z, z, z)
-
-    empty = LadderResult(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 32, 32), 0.1, [{"decision": "x"}])
-    diff = torch.zeros(1, 1, 4, 4)
-    diff[..., 2:, :] = 1
-    got = fall_back_to_difference(empty, pred(diff))
-    assert torch.equal(got.mask_latent, diff) and float(got.mask_full.mean()) == 0.5
-    assert "difference mask used" in got.trail[-1]["decision"] and got.trail[0] == {"decision": "x"}
-    assert fall_back_to_difference(empty, pred(torch.zeros(1, 1, 4, 4))) is empty  # nothing left to paint
-    big = LadderResult(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 32, 32), 0.5, [])
-    assert fall_back_to_difference(big, pred(diff)) is big
-
-
-def test_loop_uses_the_difference_fallback(painter, target, monkeypatch):
-    gen = painter.mask_generator
-
-    def nothing(prediction, previous, first, ladder=True, threshold=0.5):
-        h, w = prediction.difference.shape[-2:]
-        return LadderResult(torch.zeros(1, 1, h, w), torch.zeros(1, 1, h * 8, w * 8), 0.1, [])
-
-    from inverse_painting.core.mask_generator import LadderResult
-
-    monkeypatch.setattr(gen, "choose", nothing)
-    plain = _run(painter, target, max_keyframes=1, steps=2)
-    assert plain[0].mask_area == 0
-    helped = _run(painter, target, max_keyframes=1, steps=2, settings={"difference_fallback": True})
-    k = helped[0]
-    assert k.mask_area > 0.05 and torch.equal(k.mask_latent, k.difference.float())
+    info = tmp_path / "starter.json"
+    info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {**RETIRED_PAINT_DEFAULTS, "reask": 2}}))
+    assert paint_defaults(tmp_path) == {"short_side": 64, **STARTER_PAINT_DEFAULTS, "reask": 2}
+    for key, value in (("denoise", 0.6), ("start_from", "target_in_mask"), ("keep_unmasked", True),
+                       ("difference_fallback", True)):
+        info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {key: value}}))
+        with pytest.raises(WeightFileError, match=f"'{key}' was retired"):
+            PaintSettings.for_model(tmp_path)
+    with pytest.raises(TypeError):
+        PaintSettings(denoise=0.6)
 
 
 class _Asker:
@@ -349,15 +267,13 @@ def test_cli_paints_and_writes_outputs(tiny_release, tmp_path, target):
     assert not list(out.rglob("*.partial*"))
     assert main(["paint", str(tmp_path / "missing.png"), "--models", str(tiny_release)]) == 2
     assert main(["paint", str(img), "--models", str(tiny_release), "--out", str(tmp_path / "o2"), "--instructions",
-                 "sky", "--steps", "2", "--max-keyframes", "1", "--short-side", "64", "--denoise", "0.5",
-                 "--start-from", "target_in_mask", "--keep-unmasked", "--difference-fallback", "--reask", "3",
+                 "sky", "--steps", "2", "--max-keyframes", "1", "--short-side", "64", "--reask", "3",
                  "--stop-stalled", "4", "--finish-frames", "1", "--frame-size", "working"]) == 0
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
     assert Image.open(tmp_path / "o2" / manifest["keyframes"][-1]["file"]).size == (88, 64)
     settings = manifest["settings"]
-    assert (settings["denoise"], settings["start_from"], settings["keep_unmasked"], settings["difference_fallback"],
-            settings["reask"], settings["stop_stalled"], settings["finish_frames"]) == (0.5, "target_in_mask", True,
-                                                                                       True, 3, 4, 1)
+    assert (settings["reask"], settings["stop_stalled"], settings["finish_frames"]) == (3, 4, 1)
+    assert "denoise" not in settings
     assert [k.get("finishing", False) for k in manifest["keyframes"]] == [False, False, True]
 
 

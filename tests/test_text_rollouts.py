@@ -122,4 +122,4 @@ def test_rollouts_paint_the_whole_process_whatever_the_models_stop_and_finish_ch
     roll_out(painter, tmp_path, np.full((64, 80, 3), 90, np.uint8), ["sky", "sea", "boat"], None, 1.0, seed=3, extra=2)
     s = painter.settings
     assert (s.stop_stalled, s.finish_frames, s.max_keyframes) == (0, 0, 5)
-    assert s.reask == STARTER_PAINT_DEFAULTS["reask"] and s.denoise == STARTER_PAINT_DEFAULTS["denoise"]
+    assert (s.reask, s.compare_to) == (STARTER_PAINT_DEFAULTS["reask"], STARTER_PAINT_DEFAULTS["compare_to"])

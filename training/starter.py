@@ -69,7 +69,9 @@ PRESETS = {
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
                  renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
-                 renderer_target_input=False,
+                 # the target's latents as renderer input channels: without them the from-scratch renderer did
+                 # not find the target through reference attention alone (training/README.md)
+                 renderer_target_input=True,
                  # the text generator is retrained on the loop's own canvases (training/README.md: with the
                  # loop's re-asking, better on 40 validation processes than without; "none" turns them off)
                  text_rollouts="1.0,0.5", steps_text_rollouts=8000, batch_text_rollouts=8, text_vocab_rollouts=512),
@@ -334,12 +336,17 @@ def write_model_card(out: Path, rec: dict) -> None:
         retrained = (f"\nThis folder was last rebuilt with `--stages {','.join(rec['retrained'])}` on the work folder of a "
                      "full build with the same options (data and the other networks reused). Every stage is seeded from "
                      "`--seed`, so the command above builds the same weights in one go (on a CPU: with the same number "
-                     "of threads per stage).\n")
+                     "of threads per stage)")
+        why = []
+        painters = [n for n in ("vae", "text", "mask", "renderer") if n in rec["retrained"]]
+        if "rollouts" in st and "rollouts" not in rec["retrained"] and painters:
+            # the rollouts read every network: reused, they were painted by the networks before this rebuild
+            why.append(f"its rollout canvases were painted by the previous {', '.join(painters)}, where the "
+                       "command paints them with the new one")
         elsewhere = st.get("rollouts", {}).get("rollout_machine")
         if elsewhere:  # canvases painted on another machine: same recipe, not the same bits
-            retrained = retrained[:-1] + (f" Except the text generator: its rollout canvases were painted on another "
-                                          f"machine ({elsewhere}), so a local run trains it on slightly different "
-                                          "canvases.\n")
+            why.append(f"they were painted on another machine ({elsewhere})")
+        retrained += (f", except the text generator: {'; '.join(why)}.\n" if why else ".\n")
     text = f"""# Inverse Painting starter model ({'smoke preset' if o['smoke'] else 'starter recipe'})
 
 A small model trained **only on synthetic painting processes** by the pack's training kit, so that the nodes
@@ -390,10 +397,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   (there is no `lpips/` folder), and measure difference masks and the stop rule against the VAE's
   reconstruction of the target (`compare_to = reconstruction`): the small VAE cannot reproduce the target
   within the release's thresholds (0.2 / 0.1), so against the target itself no region would ever look done.
-  Each keyframe is an img2img run (`denoise = {paint['denoise']}`, `start_from = {paint.get('start_from', 'canvas')}`,
-  `keep_unmasked = {paint.get('keep_unmasked', False)}`, `difference_fallback = {paint.get('difference_fallback', False)}`;
-  see `PaintSettings` and `core/loading.py`) instead of a
-  render from pure noise: from pure noise the briefly trained renderer drifts in colour (dark, saturated regions).
+  Each keyframe is rendered from pure noise, as in the release.
   {_reask_line(paint.get('reask', 0))}
   {_end_line(paint.get('stop_stalled', 0), paint.get('finish_frames', 0))}
   These values were picked on validation processes (synthetic seeds 2000 to 4000), not on the benchmark set.
@@ -412,18 +416,24 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
 """
     ev = rec.get("evaluation")
     if ev:
+        overrides = ev.get("overrides") or {}
+        own = int(overrides.get("finish_frames", paint.get("finish_frames", 0))) == 0
+        sampler = f"{ev['sampler']}, " if ev.get("sampler") else ""
+        how = (" **without the finishing cross-fade** (`--finish-frames 0`: the model's own keyframes only)"
+               if own and paint.get("finish_frames", 0) else "")
+        flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(overrides.items()) if k != "scales")
         text += f"""
 ## Evaluation (held-out synthetic processes)
 {ev['count']} processes from seed {ev['seed']} (no painting shared with the training set), painted with the
-CLI's defaults ({ev['steps']} denoising steps, fast guidance, seed {ev['paint_seed']}); the evaluation CLI
-(`{METRIC}`) against the real processes, next to three naive baselines with the same number of keyframes per
-painting (`python -m inverse_painting.evaluation.starter_report`):
+CLI's defaults ({sampler}{ev['steps']} denoising steps, fast guidance, seed {ev['paint_seed']}){how}; the
+evaluation CLI (`{METRIC}`) against the real processes, next to three naive baselines with the same number of
+keyframes per painting (`python -m inverse_painting.evaluation.starter_report --seed {ev['seed']}{flags}`):
 
 {ev['table']}
 
-The starter used {_r(ev.get('keyframes_mean'), 1)} keyframes per painting on average{_finishing_note(paint)};
-the distance between a target and its own VAE reconstruction is {_r(ev.get('vae_floor'), 3)} on average, a floor
-for every frame this model decodes.
+The starter used {_r(ev.get('keyframes_mean'), 1)} keyframes per painting on average\
+{"" if own else _finishing_note(paint)}; the distance between a target and its own VAE reconstruction is
+{_r(ev.get('vae_floor'), 3)} on average, a floor for every frame this model decodes.
 """
         if ev.get("notes"):
             text += "\nObserved on this benchmark:\n" + "".join(f"- {n}\n" for n in ev["notes"])
@@ -561,8 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "colours but not where they go")
     p.add_argument("--renderer-target-input", action=argparse.BooleanOptionalAction, default=None,
                    help="give the renderer UNet the target's latents as 4 more input channels (not in the release; "
-                        "written to renderer/config.yaml as target_input): a small renderer trained from scratch "
-                        "does not find the target through its reference attention alone")
+                        "written to renderer/config.yaml as target_input; full preset: on): a small renderer trained "
+                        "from scratch does not find the target through its reference attention alone")
     p.add_argument("--jobs", type=int, default=1, choices=[1, 2],
                    help="2 = train in two processes: [VAE -> renderer] next to [text -> mask]")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process with --jobs 2 (0 = cores / 2)")

@@ -30,10 +30,9 @@ STEP = "One painting step, node by node"
 SAMPLER = "One keyframe with a ComfyUI sampler"
 PAINTING = (512, 640)  # the example painting (h, w): the time-lapse frames' size
 WORKING = (128, 160)  # the starter paints at short side 128
-# stop rules off: exactly 3 keyframes (+ the starter's 2 finishing frames); 3 steps, of which the starter's
-# img2img start (denoise 0.6) runs 2
+# stop rules off: exactly 3 keyframes (+ the starter's 2 finishing frames), 3 steps each
 FAST_TIMELAPSE = {"4.steps": 3, "4.max_keyframes": 3, "4.stop_target_distance": 0.0, "4.stop_change": 0.0}
-STEPS_RUN = 2
+STEPS_RUN = 3
 
 
 def wf(name: str, **overrides) -> dict:
