@@ -250,7 +250,7 @@ class ReleasePaths:
 # changes a little, so the release's rules let it run to max_keyframes; it stops after 3 keyframes without
 # progress (from the 8th keyframe on).
 # ``finish_frames = 2``: the time-lapse ends on the painting itself (2 cross-fading keyframes after the stop);
-# a presentation choice, off in every measurement of the model.
+# a presentation choice: the benchmark and the validation runs score the model's own keyframes without them.
 STARTER_PAINT_DEFAULTS = {"compare_to": "reconstruction", "reask": 4, "stop_stalled": 3, "finish_frames": 2}
 # paint_defaults of earlier starter builds that the retrained renderer made unnecessary, with the release value
 # that such a folder may still name; any other value is refused (the folder painted differently then)
@@ -307,10 +307,12 @@ def paint_defaults(root) -> dict:
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightFileError(f"{info}: not a starter record (options.size / paint_defaults: {exc!r})") from None
     for key, release in RETIRED_PAINT_DEFAULTS.items():
-        if key in own and own.pop(key) != release:
-            raise WeightFileError(f"{info}: paint_defaults {key!r} was retired (its renderer was retrained and "
-                                  f"paints from pure noise); rebuild the starter with training/starter.py, or "
-                                  f"remove {key!r} from paint_defaults to paint it as the release does")
+        value = own.pop(key, release)
+        if value != release:
+            raise WeightFileError(f"{info}: paint_defaults {key!r} was retired: the starter recipe's renderer now "
+                                  f"paints from pure noise, but this folder's was made for {key} = {value!r}; "
+                                  f"rebuild it with training/starter.py, or remove {key!r} from paint_defaults to "
+                                  f"paint it from pure noise anyway (an older renderer may drift in colour)")
     return {"short_side": size, **STARTER_PAINT_DEFAULTS, **own}
 
 

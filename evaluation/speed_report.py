@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "assets" / "starter_model"))
     p.add_argument("--out", default="output/speed_report")
     p.add_argument("--count", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1000, help="held-out processes (1000: benchmark; 3000/4000: validation)")
+    p.add_argument("--seed", type=int, default=1000, help="held-out processes (1000, 5000, 6000: benchmarks; 3000/4000: validation)")
     p.add_argument("--paint-seed", type=int, default=1)
     p.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="default: all")
     p.add_argument("--tolerance", type=float, default=0.005)

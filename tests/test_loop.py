@@ -295,3 +295,18 @@ def test_parity_cli_fails_on_a_broken_fixture(parity, tmp_path):
     exp["renderer.fp32.embedding"] = exp["renderer.fp32.embedding"] + 1e-3
     save_file(exp, str(path))
     assert main(["parity", str(fx)]) == 1
+
+
+def test_resume_of_a_run_from_before_the_retired_switches(tmp_path):
+    """A run folder written before the img2img switches were retired records them: at the release's values it
+    painted as now and resumes; with an img2img start it is refused by name, not as a generic mismatch."""
+    from inverse_painting.core.errors import OptionError
+    from inverse_painting.core.loading import RETIRED_PAINT_DEFAULTS
+    from inverse_painting.core.painting_run import compare_settings
+
+    now = PaintSettings().to_dict()
+    compare_settings({**now, **RETIRED_PAINT_DEFAULTS}, now, tmp_path)
+    with pytest.raises(OptionError, match="denoise = 0.6, an option this version no longer has"):
+        compare_settings({**now, **RETIRED_PAINT_DEFAULTS, "denoise": 0.6}, now, tmp_path)
+    with pytest.raises(OptionError, match="other settings"):
+        compare_settings({**now, "reask": 3}, now, tmp_path)

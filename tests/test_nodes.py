@@ -21,7 +21,7 @@ from inverse_painting.core.loading import STARTER_PAINT_DEFAULTS
 from inverse_painting.core.loop import PaintSettings
 from inverse_painting.nodes import NODE_CLASS_MAPPINGS as NODES
 from inverse_painting.nodes import comfy_bridge as cb
-from inverse_painting.nodes.convert import NodeInputError, image_to_uint8, uint8_to_image
+from inverse_painting.nodes.convert import NodeInputError, image_to_uint8
 from inverse_painting.nodes.model_nodes import InversePaintingModel, clear_cache
 
 PACK_IDS = ["InversePaintingLoader", "InversePaintingTextModelLoader", "InversePaintingTextInstruction",

@@ -20,7 +20,8 @@ Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>
    (``--target-pairs``) and a fixed position code on its reference attention (``--renderer-positions``):
    trained like the release (epsilon, consecutive pairs), this small renderer learned to ignore the target,
    and without the code it took the target's colours but not their places (see
-   models/reference_attention.py);
+   models/reference_attention.py); the target's latents also enter as 4 more UNet input channels
+   (``--renderer-target-input``): through reference attention alone it reproduced the target poorly;
 7. text generator: a tiny LLaVA (LLaMA text model + CLIP vision tower, llava-hf layout) with a SentencePiece
    tokenizer trained on the prompt template and the instruction vocabulary, randomly initialised, then
    trained with the text trainer (LoRA + projector + the vision tower, which is random here, merged at
@@ -333,20 +334,26 @@ def write_model_card(out: Path, rec: dict) -> None:
                    if "rollouts" in st else "")
     retrained = ""
     if rec.get("retrained"):
-        retrained = (f"\nThis folder was last rebuilt with `--stages {','.join(rec['retrained'])}` on the work folder of a "
-                     "full build with the same options (data and the other networks reused). Every stage is seeded from "
+        retrained = (f"\nThis folder was last rebuilt with `--stages {','.join(rec['retrained'])}` on the work folder of an "
+                     "earlier full build (its data and the other networks reused). Every stage is seeded from "
                      "`--seed`, so the command above builds the same weights in one go (on a CPU: with the same number "
                      "of threads per stage)")
-        why = []
-        painters = [n for n in ("vae", "text", "mask", "renderer") if n in rec["retrained"]]
-        if "rollouts" in st and "rollouts" not in rec["retrained"] and painters:
-            # the rollouts read every network: reused, they were painted by the networks before this rebuild
-            why.append(f"its rollout canvases were painted by the previous {', '.join(painters)}, where the "
-                       "command paints them with the new one")
-        elsewhere = st.get("rollouts", {}).get("rollout_machine")
-        if elsewhere:  # canvases painted on another machine: same recipe, not the same bits
-            why.append(f"they were painted on another machine ({elsewhere})")
-        retrained += (f", except the text generator: {'; '.join(why)}.\n" if why else ".\n")
+        names = {"vae": "VAE", "text": "text generator", "mask": "mask generator", "renderer": "renderer"}
+        painters = [names[n] for n in names if n in rec["retrained"]]
+        # the rollouts read every network: reused after one was retrained, they were painted by the old one
+        stale = "rollouts" in st and "rollouts" not in rec["retrained"] and painters
+        elsewhere = st.get("rollouts", {}).get("rollout_machine")  # same recipe, not the same bits
+        where = f", on another machine ({elsewhere})" if elsewhere else ""
+        if stale:
+            many = len(painters) > 1
+            retrained += (f", except the text generator: its rollout canvases were reused, painted by the previous "
+                          f"{' and '.join(painters)}{where}; the command paints them with the new "
+                          f"one{'s' if many else ''}.\n")
+        elif elsewhere:
+            retrained += (f", except the text generator: its rollout canvases were painted{where}, so a local run "
+                          "trains it on slightly different canvases.\n")
+        else:
+            retrained += ".\n"
     text = f"""# Inverse Painting starter model ({'smoke preset' if o['smoke'] else 'starter recipe'})
 
 A small model trained **only on synthetic painting processes** by the pack's training kit, so that the nodes
@@ -400,7 +407,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   Each keyframe is rendered from pure noise, as in the release.
   {_reask_line(paint.get('reask', 0))}
   {_end_line(paint.get('stop_stalled', 0), paint.get('finish_frames', 0))}
-  These values were picked on validation processes (synthetic seeds 2000 to 4000), not on the benchmark set.
+  These values were picked on validation processes (synthetic seeds 3000 and 4000), not on the benchmark set.
 - Text model: `{out.name}/TP_llava` (or write the instructions by hand).
 - Reproducibility: same command, seed, torch version and device -> the same weights (CPU runs are bit-exact
   for a given thread count; GPU kernels may differ in the last bits).
@@ -422,10 +429,14 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
         how = (" **without the finishing cross-fade** (`--finish-frames 0`: the model's own keyframes only)"
                if own and paint.get("finish_frames", 0) else "")
         flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(overrides.items()) if k != "scales")
+        if overrides.get("scales"):
+            flags += " --guidance " + " ".join(f"{x:g}" for x in overrides["scales"])
+        if int(ev["count"]) != 20:
+            flags = f" --count {ev['count']}" + flags
         text += f"""
 ## Evaluation (held-out synthetic processes)
 {ev['count']} processes from seed {ev['seed']} (no painting shared with the training set), painted with the
-CLI's defaults ({sampler}{ev['steps']} denoising steps, fast guidance, seed {ev['paint_seed']}){how}; the
+CLI's defaults unless the command below says otherwise ({sampler}{ev['steps']} denoising steps, fast guidance, seed {ev['paint_seed']}){how}; the
 evaluation CLI (`{METRIC}`) against the real processes, next to three naive baselines with the same number of
 keyframes per painting (`python -m inverse_painting.evaluation.starter_report --seed {ev['seed']}{flags}`):
 
