@@ -10,6 +10,7 @@ time-lapse, /interrupt stops a running time-lapse, progress ends at 100 %, and b
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.parse
 from io import BytesIO
@@ -312,7 +313,13 @@ def test_progress_and_keyframe_previews_over_websocket(comfy_server, pack_nodes)
     out, progress, previews = _progress_run(comfy_server, **{"4.seed": 61, "4.finish_frames": 0})
     assert len(out["6"]["images"]) == 4
     assert progress and progress[-1]["value"] == progress[-1]["max"] == 3 * STEPS_RUN  # keyframes x steps
-    assert len({p["value"] for p in progress}) >= 3 * STEPS_RUN  # every denoising step reported
+    values = [p["value"] for p in progress]
+    assert values == sorted(values) and {STEPS_RUN, 2 * STEPS_RUN, 3 * STEPS_RUN} <= set(values)
+    # every denoising step reported; newer ComfyUI drops updates that come sooner than its throttle interval
+    # (those with a preview, the keyframes', always pass)
+    utils = Path(os.environ["COMFYUI_PATH"]) / "comfy" / "utils.py"
+    if "PROGRESS_THROTTLE_MIN_INTERVAL" not in utils.read_text():
+        assert len(set(values)) >= 3 * STEPS_RUN
     assert len(previews) >= 4  # the start canvas and every keyframe
     jpeg = previews[-1][4:] if previews[-1][:4] in (b"\x00\x00\x00\x01", b"\x00\x00\x00\x02") else previews[-1]
     with Image.open(BytesIO(jpeg)) as im:  # ComfyUI scales previews to 512 px: check the aspect ratio
