@@ -336,7 +336,7 @@ def write_model_card(out: Path, rec: dict) -> None:
     if rec.get("retrained"):
         retrained = (f"\nThis folder was last rebuilt with `--stages {','.join(rec['retrained'])}` on the work folder of an "
                      "earlier full build (its data and the other networks reused). Every stage is seeded from "
-                     "`--seed`, so the command above builds the same weights in one go (on a CPU: with the same number "
+                     "`--seed`, so the command above trains the same networks in one go (on a CPU: with the same number "
                      "of threads per stage)")
         names = {"vae": "VAE", "text": "text generator", "mask": "mask generator", "renderer": "renderer"}
         painters = [names[n] for n in names if n in rec["retrained"]]
@@ -409,8 +409,9 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   {_end_line(paint.get('stop_stalled', 0), paint.get('finish_frames', 0))}
   These values were picked on validation processes (synthetic seeds 3000 and 4000), not on the benchmark set.
 - Text model: `{out.name}/TP_llava` (or write the instructions by hand).
-- Reproducibility: same command, seed, torch version and device -> the same weights (CPU runs are bit-exact
-  for a given thread count; GPU kernels may differ in the last bits).
+- Reproducibility: every stage is seeded; on a CPU with a given thread count the tests' smoke builds come out
+  bit-exact, but two full runs of the renderer stage on the shared 2-core machine ended at different losses
+  (same first losses); GPU kernels may differ in the last bits.
 
 ## Limits
 - Synthetic data only: landscapes of flat/noisy layers (sky, mountains, ground, water, trees, ...) painted in
