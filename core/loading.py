@@ -258,6 +258,14 @@ RETIRED_PAINT_DEFAULTS = {"denoise": 1.0, "start_from": "canvas", "keep_unmasked
                           "difference_fallback": False}
 
 
+def without_retired(settings: dict) -> tuple[dict, dict]:
+    """(``settings`` without the retired choices, those of them not at the release's value): a model folder or
+    a run recorded before they were retired painted as now only when the second is empty."""
+    kept = {k: v for k, v in settings.items() if k not in RETIRED_PAINT_DEFAULTS}
+    return kept, {k: settings[k] for k in RETIRED_PAINT_DEFAULTS if k in settings
+                  and settings[k] != RETIRED_PAINT_DEFAULTS[k]}
+
+
 def read_json(path: Path, what: str = "file") -> dict:
     """A JSON object from ``path``, or :class:`WeightFileError` naming the file."""
     try:
@@ -306,13 +314,13 @@ def paint_defaults(root) -> dict:
         own = dict(rec.get("paint_defaults", {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightFileError(f"{info}: not a starter record (options.size / paint_defaults: {exc!r})") from None
-    for key, release in RETIRED_PAINT_DEFAULTS.items():
-        value = own.pop(key, release)
-        if value != release:
-            raise WeightFileError(f"{info}: paint_defaults {key!r} was retired: the starter recipe's renderer now "
-                                  f"paints from pure noise, but this folder's was made for {key} = {value!r}; "
-                                  f"rebuild it with training/starter.py, or remove {key!r} from paint_defaults to "
-                                  f"paint it from pure noise anyway (an older renderer may drift in colour)")
+    own, retired = without_retired(own)
+    if retired:
+        key, value = next(iter(retired.items()))
+        raise WeightFileError(f"{info}: paint_defaults {key!r} was retired: the starter recipe's renderer now "
+                              f"paints from pure noise, but this folder's was made for {key} = {value!r}; "
+                              f"rebuild it with training/starter.py, or remove {key!r} from paint_defaults to "
+                              f"paint it from pure noise anyway (an older renderer may drift in colour)")
     return {"short_side": size, **STARTER_PAINT_DEFAULTS, **own}
 
 

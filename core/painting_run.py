@@ -31,14 +31,13 @@ def compare_settings(run: dict, now: dict, out: Path) -> None:
     """Refuse to continue a run with settings other than its own (the frames would mix two runs); the image's
     path may differ (a moved file), its pixels may not (``target_sha256``). A run from before the img2img
     switches were retired records them; at the release's value it painted as now."""
-    from .loading import RETIRED_PAINT_DEFAULTS
+    from .loading import without_retired
 
-    run = {k: v for k, v in run.items() if k not in RETIRED_PAINT_DEFAULTS or v != RETIRED_PAINT_DEFAULTS[k]}
-    retired = sorted(set(run) & set(RETIRED_PAINT_DEFAULTS))
+    run, retired = without_retired(run)
     if retired:
-        raise OptionError(f"--resume: the run in {out} was painted with {', '.join(retired)} = "
-                          f"{', '.join(repr(run[k]) for k in retired)}, an option this version no longer has; "
-                          "paint it again into a new folder")
+        shown = ", ".join(f"{k} = {v!r}" for k, v in retired.items())
+        raise OptionError(f"--resume: the run in {out} was painted with {shown}, an option this version no "
+                          "longer has; paint it again into a new folder")
     differ = [k for k in sorted(set(run) | set(now)) if k != "image" and run.get(k) != now.get(k)]
     if differ:
         shown = "; ".join(f"{k}: {run.get(k)!r} in the run, {now.get(k)!r} now" for k in differ[:4])

@@ -47,7 +47,8 @@ def paint_setting(models_dir: Path, models, text, metric, real: dict, out: Path,
     for name, seq in sorted(real.items()):
         short = min(seq.target.shape[:2])
         working = prepare_image(seq.target, short)
-        settings = PaintSettings.for_model(models_dir, seed=seed, short_side=short, **{"finish_frames": 0, **overrides})
+        settings = PaintSettings.for_model(models_dir, seed=seed, short_side=short,
+                                           **{"finish_frames": 0, **overrides})
         frames, masks, records = collect_process(painter, working, settings, text)
         write_process(out / name, frames, records, dict(settings.to_dict(), metric="stlpips_alex",
                       models=str(models_dir)), masks=masks, video=(), extra={"stop_reason": painter.last_stop_reason})
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "assets" / "starter_model"))
     p.add_argument("--out", default="output/speed_report")
     p.add_argument("--count", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1000, help="held-out processes (1000, 5000, 6000: benchmarks; 3000/4000: validation)")
+    p.add_argument("--seed", type=int, default=1000,
+                   help="held-out processes (1000, 5000, 6000: benchmarks; 3000/4000: validation)")
     p.add_argument("--paint-seed", type=int, default=1)
     p.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="default: all")
     p.add_argument("--tolerance", type=float, default=0.005)
