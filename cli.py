@@ -87,7 +87,7 @@ class _PaintContext:
         self.paths = inspect_release(self.models_dir)
         self.settings = PaintSettings.for_model(
             self.models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, seed=args.seed,
-            short_side=args.short_side, scales=GuidanceScales(*args.guidance),
+            short_side=args.short_side, scales=GuidanceScales(*args.guidance) if args.guidance else None,
             compare_to=None if args.compare_to == "auto" else args.compare_to, reask=args.reask,
             stop_stalled=args.stop_stalled, finish_frames=args.finish_frames,
             **_sampling_overrides(args))
@@ -559,8 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="longest text-model answer in tokens (the release: 512)")
     paint.add_argument("--seed", type=number_argument("int", 0, 2**64 - 1), default=1)
     paint.add_argument("--guidance", type=number_argument("float", -MAX_GUIDANCE, MAX_GUIDANCE), nargs=5,
-                       default=[2.0, 1.0, 5.0, 5.0, 5.0],
-                       metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"))
+                       default=None, metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"),
+                       help="guidance scales (default: the model's; the release's 2 1 5 5 5, the starter's 1 1 1 1 1)")
     paint.add_argument("--short-side", type=_short_side, default=None,
                        help="resize the input to this short side first (default: the model's training size: "
                             "512 for released models, the starter's own size for a starter)")

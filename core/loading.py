@@ -251,7 +251,11 @@ class ReleasePaths:
 # progress (from the 8th keyframe on). 3 did not do better on the validation seeds (mixed, within 0.016).
 # ``finish_frames = 2``: the time-lapse ends on the painting itself (2 cross-fading keyframes after the stop);
 # a presentation choice: the benchmark and the validation runs score the model's own keyframes without them.
-STARTER_PAINT_DEFAULTS = {"compare_to": "reconstruction", "reask": 4, "stop_stalled": 2, "finish_frames": 2}
+STARTER_PAINT_DEFAULTS = {"compare_to": "reconstruction", "reask": 4, "stop_stalled": 2, "finish_frames": 2,
+                          # guidance (image, canvas, time, mask, text) all 1: the full-condition prediction alone
+                          "scales": [1.0, 1.0, 1.0, 1.0, 1.0]}
+# paint_defaults added after the first starter builds, with what a folder that does not name them painted with
+PAINT_DEFAULTS_BEFORE = {"scales": [2.0, 1.0, 5.0, 5.0, 5.0]}
 # paint_defaults of earlier starter builds that the retrained renderer made unnecessary, with the release value
 # that such a folder may still name; any other value is refused (the folder painted differently then)
 RETIRED_PAINT_DEFAULTS = {"denoise": 1.0, "start_from": "canvas", "keep_unmasked": False,
@@ -321,7 +325,7 @@ def paint_defaults(root) -> dict:
                               f"paints from pure noise, but this folder's was made for {key} = {value!r}; "
                               f"rebuild it with training/starter.py, or remove {key!r} from paint_defaults to "
                               f"paint it from pure noise anyway (an older renderer may drift in colour)")
-    return {"short_side": size, **STARTER_PAINT_DEFAULTS, **own}
+    return {"short_side": size, **STARTER_PAINT_DEFAULTS, **PAINT_DEFAULTS_BEFORE, **own}
 
 
 def find_release(root) -> ReleasePaths:

@@ -34,7 +34,7 @@ from .sampling import SAMPLERS, NoiseSource
 
 
 # the PaintSettings a model folder may choose (core/loading.paint_defaults), the rest being per run
-MODEL_PAINT_CHOICES = ("short_side", "compare_to", "reask", "stop_stalled", "finish_frames")
+MODEL_PAINT_CHOICES = ("short_side", "compare_to", "reask", "stop_stalled", "finish_frames", "scales")
 
 
 REASK_THRESHOLD = 0.5  # the ladder's first threshold: below MIN_AREA there, a region counts as finished
@@ -103,6 +103,8 @@ class PaintSettings:
             if len(self.scales) != 5:
                 raise OptionError(f"guidance needs 5 scales (image, canvas, time, mask, text), got {len(self.scales)}")
             self.scales = GuidanceScales(*self.scales)
+        elif not isinstance(self.scales, GuidanceScales):
+            raise OptionError(f"guidance needs 5 scales (image, canvas, time, mask, text), got {self.scales!r}")
         for name in ("image", "canvas", "time", "mask", "text"):
             finite_number(getattr(self.scales, name), f"guidance scale '{name}'", -MAX_GUIDANCE, MAX_GUIDANCE)
         if self.sampler not in SAMPLERS:

@@ -13,6 +13,7 @@ separate because it is large (7B) and optional (instructions may be written by h
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -186,9 +187,11 @@ class InversePaintingModel:
     def describe(self) -> dict:
         from ..core.loop import MODEL_PAINT_CHOICES
 
+        chosen = {k: getattr(self.painting, k) for k in MODEL_PAINT_CHOICES}
+        chosen["scales"] = dataclasses.asdict(self.painting.scales)  # the model's default guidance, as JSON
         return {"release": self.path.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "components": self.components, "perceptual_metric": self.metric_name, "vram": self.tier.name,
-                **{k: getattr(self.painting, k) for k in MODEL_PAINT_CHOICES},
+                **chosen,
                 "renderer_checkpoint": self.paths.renderer.name if self.paths.renderer else None,
                 "mask_generator_checkpoint": self.paths.mask_generator.name if self.paths.mask_generator else None}
 

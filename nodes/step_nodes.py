@@ -39,7 +39,8 @@ def guidance_inputs() -> dict:
             ("guidance_mask", 5.0, "RP_guidance_scale: the region mask."),
             ("guidance_text", 5.0, "TP_guidance_scale: the text instruction."))
     return {name: ("FLOAT", {"default": d, "min": -10.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                             "tooltip": f"{tip} Release default {d}."}) for name, d, tip in spec}
+                             "tooltip": f"{tip} Release default {d}; the bundled starter model paints with every "
+                                        "scale at 1 (its example workflows set it)."}) for name, d, tip in spec}
 
 
 def scales_from(kwargs) -> GuidanceScales:

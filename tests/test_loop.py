@@ -149,12 +149,12 @@ def test_compare_to_reconstruction(painter, target):
 def test_retired_paint_defaults(tmp_path):
     """A starter folder from before the renderer was retrained may still name the retired img2img choices: at the
     release's value they are ignored, at any other value the folder is refused by name (it painted differently)."""
-    from inverse_painting.core.loading import (RETIRED_PAINT_DEFAULTS, STARTER_PAINT_DEFAULTS, WeightFileError,
-                                               paint_defaults)
+    from inverse_painting.core.loading import (PAINT_DEFAULTS_BEFORE, RETIRED_PAINT_DEFAULTS, STARTER_PAINT_DEFAULTS,
+                                               WeightFileError, paint_defaults)
 
     info = tmp_path / "starter.json"
     info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {**RETIRED_PAINT_DEFAULTS, "reask": 2}}))
-    assert paint_defaults(tmp_path) == {"short_side": 64, **STARTER_PAINT_DEFAULTS, "reask": 2}
+    assert paint_defaults(tmp_path) == {"short_side": 64, **STARTER_PAINT_DEFAULTS, **PAINT_DEFAULTS_BEFORE, "reask": 2}
     for key, value in (("denoise", 0.6), ("start_from", "target_in_mask"), ("keep_unmasked", True),
                        ("difference_fallback", True)):
         info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {key: value}}))
@@ -162,6 +162,26 @@ def test_retired_paint_defaults(tmp_path):
             PaintSettings.for_model(tmp_path)
     with pytest.raises(TypeError):
         PaintSettings(denoise=0.6)
+
+
+def test_model_guidance_scales(tmp_path):
+    """A starter folder's ``scales`` are its default guidance (the recipe writes all 1); a folder that does not
+    name them (built before the key existed) keeps the release's, and a given value still wins. Malformed scales
+    are refused by name before anything paints."""
+    from inverse_painting.core.errors import OptionError
+    from inverse_painting.core.guidance import GuidanceScales
+    from inverse_painting.core.loading import STARTER_PAINT_DEFAULTS
+
+    info = tmp_path / "starter.json"
+    info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": STARTER_PAINT_DEFAULTS}))
+    assert PaintSettings.for_model(tmp_path).scales == GuidanceScales(1, 1, 1, 1, 1)
+    assert PaintSettings.for_model(tmp_path, scales=GuidanceScales(3, 1, 2, 2, 2)).scales == GuidanceScales(3, 1, 2, 2, 2)
+    info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {"reask": 4}}))
+    assert PaintSettings.for_model(tmp_path).scales == GuidanceScales()
+    for bad in ([1, 1], "loud", [1, 1, 1, 1, float("nan")]):
+        info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {"scales": bad}}))
+        with pytest.raises(OptionError, match="guidance"):
+            PaintSettings.for_model(tmp_path)
 
 
 class _Asker:

@@ -159,6 +159,8 @@ def test_loader_lists_and_resolves_releases(release):
     (m,) = NODES["InversePaintingLoader"]().load("tiny", "cpu", "auto", short_side=SHORT)
     assert isinstance(m, InversePaintingModel) and m.dtype == torch.float32 and m.device.type == "cpu"
     assert m.describe()["release"] == "tiny"
+    described = json.loads(json.dumps(m.describe()))  # goes into the Time-lapse node's JSON timeline
+    assert described["scales"] == {"image": 2.0, "canvas": 1.0, "time": 5.0, "mask": 5.0, "text": 5.0}
 
 
 def test_loader_auto_metric_and_size(release, tmp_path):

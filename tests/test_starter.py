@@ -52,6 +52,27 @@ def test_layout_and_card(starter):
     assert rec["total_mb"] <= 40
     card = (starter / "MODEL_CARD.md").read_text()
     assert "stlpips_alex" in card and "--smoke" in card
+    assert rec["paint_defaults"]["scales"] == [1.0] * 5 and "every guidance scale at 1" in card
+
+
+def test_decoder_stage_keeps_the_encoder(starter):
+    """The decoder stage trains the VAE's decoder again with the encoder frozen: the shipped VAE encodes exactly
+    as the one the mask generator and renderer were trained on (same scaling factor), and decodes differently."""
+    from safetensors.torch import load_file
+
+    rec = json.loads((starter / "starter.json").read_text())
+    assert list(rec["stages"])[:3] == ["data", "vae", "decoder"] and rec["stages"]["decoder"]["loss"]["steps"] == 4
+    work = starter.with_name(starter.name + ".work")
+    name = "diffusion_pytorch_model.safetensors"
+    first, shipped = load_file(str(work / "runs" / "vae" / "vae" / name)), load_file(str(starter / "base" / "vae" / name))
+    assert first.keys() == shipped.keys()
+    changed = {k for k in first if not bool((first[k] == shipped[k]).all())}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert any(k.startswith("encoder.") for k in first)
+    scales = [json.loads((d / "config.json").read_text())["scaling_factor"]
+              for d in (work / "runs" / "vae" / "vae", starter / "base" / "vae")]
+    assert scales[0] == scales[1]
+    assert "decoder alone" in (starter / "MODEL_CARD.md").read_text()
     print("starter smoke:", json.dumps({k: v.get("loss") for k, v in rec["stages"].items()}), rec["seconds"], "s")
 
 

@@ -106,3 +106,26 @@ def test_cli_without_base_is_reproducible(frames, tmp_path):
     b = AutoencoderKL.from_pretrained(str(tmp_path / "b" / "vae")).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_decoder_part_keeps_the_encoder_and_its_latents(trained, frames, tmp_path):
+    """``part="decoder"``: the encoder, quant_conv and scaling factor stay bit for bit (the latents the mask
+    generator and renderer learned on do not move), the decoder learns and its reconstruction error falls."""
+    from diffusers import AutoencoderKL
+    from inverse_painting.training.trainers.vae import train
+
+    _, first = trained
+    res = train(_cfg(frames, tmp_path / "dec", steps=40, init="base", base=str(first / "vae"), part="decoder"))
+    before = AutoencoderKL.from_pretrained(str(first / "vae")).state_dict()
+    after = AutoencoderKL.from_pretrained(str(tmp_path / "dec" / "vae")).state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        same = torch.equal(before[k], after[k])
+        assert same == (not k.startswith(("decoder.", "post_quant_conv."))), k
+    scale = [json.loads((d / "vae" / "config.json").read_text())["scaling_factor"] for d in (first, tmp_path / "dec")]
+    assert scale[0] == scale[1]
+    mae = [json.loads((d / "vae_stats.json").read_text())["reconstruction_mae_255"] for d in (first, tmp_path / "dec")]
+    print(f"decoder part: reconstruction MAE {mae[0]:.2f} -> {mae[1]:.2f} / 255")
+    assert mae[1] < mae[0]
+    with pytest.raises(ValueError, match="--init base"):
+        train(_cfg(frames, tmp_path / "bad", steps=1, part="decoder"))

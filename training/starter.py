@@ -14,6 +14,8 @@ Recipe (every stage seeded from ``--seed``; all intermediate files go to ``<out>
    a starter (``--unet-widths``);
 4. ``train-vae``: a small AutoencoderKL (``--vae-widths``; training/trainers/vae.py), L1 + small KL
    (+ ``--vae-perceptual`` x stlpips_alex); its ``scaling_factor`` = 1 / latent std; goes into ``base/vae``;
+   then (``decoder``, ``--steps-decoder``) its decoder again, alone, on whole frames, the encoder frozen: the
+   latents the next two stages learn on stay the same, the decoded images sharpen;
 5. ``train-mask``: the mask generator (RP) from scratch (training/trainers/mask_generator.py);
 6. ``train-renderer``: renderer UNet + ReferenceNet + adapters from scratch (``--init random``), as
    v-prediction (``--renderer-prediction``) with a share of pairs ending on the finished painting
@@ -56,10 +58,11 @@ import numpy as np
 import torch
 
 from ..core.errors import CommandLineParser
-from ..core.loading import STARTER_PAINT_DEFAULTS
+from ..core.loading import PAINT_DEFAULTS_BEFORE, STARTER_PAINT_DEFAULTS
 from ..core.schedule import PREDICTION_TYPES
 
 METRIC = "stlpips_alex"
+DECODER_BATCH = 4  # whole frames (a --size crop) per step of the decoder stage
 
 # full recipe and micro ("--smoke") presets; command-line options override them
 PRESETS = {
@@ -67,6 +70,9 @@ PRESETS = {
     # sized to train in ~75 min on 2 CPU cores with --jobs 2 (VAE + renderer lane ~70 min, text + mask ~45 min)
     "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, vae_perceptual=1.0,
                  steps_vae=3000, steps_mask=5000, steps_renderer=8000, steps_text=20000,
+                 # the VAE's decoder again, alone, on whole frames (training/README.md: its streaks were what the
+                 # renderer's keyframes carried)
+                 steps_decoder=1000, lr_decoder=5e-4,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
                  renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
@@ -77,7 +83,7 @@ PRESETS = {
                  # loop's re-asking, better on 40 validation processes than without; "none" turns them off)
                  text_rollouts="1.0,0.5", steps_text_rollouts=8000, batch_text_rollouts=8, text_vocab_rollouts=512),
     "smoke": dict(processes=2, size=64, aspect=None, batch_size=1, vae_crop=None, vae_perceptual=0.0,
-                  steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8,
+                  steps_vae=20, steps_mask=6, steps_renderer=6, steps_text=8, steps_decoder=4, lr_decoder=1e-3,
                   vae_widths="16,32,32,32", unet_widths="32,32,64,64", context=32, text_hidden=32,
                   batch_vae=2, lr_vae=1e-3, lr_mask=1e-3, lr_renderer=1e-3, lr_text=5e-3,
                   renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
@@ -91,11 +97,13 @@ PRESETS = {
 _NOT_IN_RECIPE = {"--work": 1, "--print-every": 1, "--progress": 0, "--no-progress": 0, "--keep-work": 0,
                   "--no-keep-work": 0, "--stages": 1}
 
-STAGES = ("vae", "text", "mask", "renderer", "rollouts")
+STAGES = ("vae", "decoder", "text", "mask", "renderer", "rollouts")
 # the options each stage reads besides the data (--seed, --processes, --size, --aspect, --smoke) and the
 # run-time ones; with --stages, an option that changed must belong to a stage being retrained
 STAGE_OPTIONS = {
     "vae": {"steps_vae", "lr_vae", "batch_vae", "vae_widths", "vae_kl", "vae_perceptual", "vae_crop"},
+    # the decoder alone, encoder frozen: nothing trained on the latents reads it, only what decodes (rollouts)
+    "decoder": {"steps_decoder", "lr_decoder", "vae_perceptual"},
     "text": {"steps_text", "lr_text", "text_hidden", "text_lora_r", "batch_text", "text_vocab"},
     "mask": {"steps_mask", "lr_mask", "batch_size", "unet_widths", "context"},
     "renderer": {"steps_renderer", "lr_renderer", "batch_size", "unet_widths", "context", "cache_latents",
@@ -107,10 +115,11 @@ STAGE_OPTIONS["rollouts"] = {"text_rollouts", "steps_text_rollouts", "batch_text
                              "text_vocab_rollouts"} | STAGE_OPTIONS["text"]
 # options added after the first builds, with what a build recorded before them did
 _BEFORE_OPTION = {"cache_latents": False, "renderer_prediction": "epsilon", "target_pairs": 0.0,
-                  "renderer_positions": False, "renderer_target_input": False, "batch_text": 1, "text_vocab": 384, "text_rollouts": ""}
+                  "renderer_positions": False, "renderer_target_input": False, "batch_text": 1, "text_vocab": 384, "text_rollouts": "",
+                  "steps_decoder": 0, "lr_decoder": None}
 _RUNTIME_OPTIONS = {"jobs", "threads", "print_every", "device", "keep_work", "progress", "stages", "fp32"}
 # where each stage writes in <work>/ (removed before it is retrained: the trainers would resume from it)
-_STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "text": ("runs/text", "llava_tokenizer", "llava_init"),
+_STAGE_DIRS = {"vae": ("runs/vae", "skeleton/base/vae"), "decoder": ("runs/decoder",), "text": ("runs/text", "llava_tokenizer", "llava_init"),
                "mask": ("runs/rp",), "renderer": ("runs/renderer",),
                "rollouts": ("runs/text_rollouts", "rollout_model", "data/train/llava_image/rollouts",
                             "llava_tokenizer_rollouts", "llava_init_rollouts")}
@@ -329,7 +338,9 @@ def write_model_card(out: Path, rec: dict) -> None:
 
     sizes = rec["sizes_mb"]
     vae = st.get("vae", {})
-    paint = {**STARTER_PAINT_DEFAULTS, **rec.get("paint_defaults", {})}
+    paint = {**STARTER_PAINT_DEFAULTS, **PAINT_DEFAULTS_BEFORE, **rec.get("paint_defaults", {})}
+    decoder = st.get("decoder")
+    decoder_row = "\n" + row("VAE decoder again, encoder frozen (shipped)", "decoder") if decoder else ""
     rollout_row = ("\n" + row("text generator again, on real frames + rollout canvases (shipped)", "rollouts")
                    if "rollouts" in st else "")
     retrained = ""
@@ -338,7 +349,8 @@ def write_model_card(out: Path, rec: dict) -> None:
                      "earlier full build (its data and the other networks reused). Every stage is seeded from "
                      "`--seed`, so the command above trains the same networks in one go (on a CPU: with the same number "
                      "of threads per stage)")
-        names = {"vae": "VAE", "text": "text generator", "mask": "mask generator", "renderer": "renderer"}
+        names = {"vae": "VAE", "decoder": "VAE decoder", "text": "text generator", "mask": "mask generator",
+                 "renderer": "renderer"}
         painters = [names[n] for n in names if n in rec["retrained"]]
         # the rollouts read every network: reused after one was retrained, they were painted by the old one
         stale = "rollouts" in st and "rollouts" not in rec["retrained"] and painters
@@ -376,7 +388,7 @@ Reproduce (seeded, CPU or GPU):
 ## Networks (trained from scratch)
 | part | params (M) | steps | loss first10 | loss last10 | seconds |
 |---|---|---|---|---|---|
-{row('VAE (base/vae)', 'vae')}
+{row('VAE (base/vae)', 'vae')}{decoder_row}
 {row('mask generator (RP)', 'mask')}
 {row('renderer (UNet + ReferenceNet + adapters)', 'renderer')}
 {row('text generator (TP_llava, tiny LLaVA)', 'text')}{rollout_row}
@@ -384,7 +396,7 @@ Reproduce (seeded, CPU or GPU):
 - VAE: AutoencoderKL widths {o['vae_widths']}, 4 latent channels, 8x; L1 + {o['vae_kl']} KL
   (+ {o['vae_perceptual']} {METRIC}); scaling_factor {_r(vae.get('scaling_factor'))} = 1 / latent std
   ({_r(vae.get('latent_std'))}); reconstruction MAE {_r(vae.get('reconstruction_mae_255'), 1)} / 255 on training frames
-  (decode of the posterior mean, whole frames).
+  (decode of the posterior mean, whole frames).{_decoder_line(o, decoder)}
 - Renderer / RP UNets: widths {o['unet_widths']}, cross-attention {o['context']}; text encoder and CLIP vision
   are small **random frozen** CLIP models (byte-level tokenizer) of width {o['context']}.
 - Renderer objective: {_renderer_recipe(o)}.
@@ -404,7 +416,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   (there is no `lpips/` folder), and measure difference masks and the stop rule against the VAE's
   reconstruction of the target (`compare_to = reconstruction`): the small VAE cannot reproduce the target
   within the release's thresholds (0.2 / 0.1), so against the target itself no region would ever look done.
-  Each keyframe is rendered from pure noise, as in the release.
+  Each keyframe is rendered from pure noise, as in the release, {_guidance_line(paint.get('scales'))}
   {_reask_line(paint.get('reask', 0))}
   {_end_line(paint.get('stop_stalled', 0), paint.get('finish_frames', 0))}
   These values were picked on validation processes (synthetic seeds 3000 and 4000), not on the benchmark set.
@@ -450,6 +462,28 @@ The starter used {_r(ev.get('keyframes_mean'), 1)} keyframes per painting on ave
         if ev.get("notes"):
             text += "\nObserved on this benchmark:\n" + "".join(f"- {n}\n" for n in ev["notes"])
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+
+
+def _decoder_line(o: dict, d: dict | None) -> str:
+    """The card's sentence on the decoder stage (``d``: its record)."""
+    if not d:
+        return ""
+    return (f"\n  Then its decoder alone, {o['steps_decoder']} steps on whole frames (batch {DECODER_BATCH}, lr "
+            f"{o['lr_decoder']:g}), the encoder and scaling factor frozen, so the latents the other networks learn on "
+            f"are the same: reconstruction MAE {_r(d.get('reconstruction_mae_255'), 1)} / 255.")
+
+
+def _guidance_line(scales) -> str:
+    """The card's clause on the guidance scales the folder paints with."""
+    release = PAINT_DEFAULTS_BEFORE["scales"]
+    if scales is None or list(map(float, scales)) == release:
+        return "with the release's guidance scales (2, 1, 5, 5, 5)."
+    shown = ", ".join(f"{float(x):g}" for x in scales)
+    if all(float(x) == 1.0 for x in scales):
+        return ("with every guidance scale at 1 (`scales`: the fully conditioned prediction alone, one UNet pass per "
+                "step); the release's (2, 1, 5, 5, 5) pushed this small renderer's colours off the target and kept "
+                "its keyframes further from it (training/README.md).")
+    return f"with guidance scales ({shown}) (`scales`; the release: 2, 1, 5, 5, 5)."
 
 
 def _reask_line(reask: int) -> str:
@@ -546,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--steps-{part}", type=int)
         p.add_argument(f"--lr-{part}", type=float)
     p.add_argument("--batch-vae", type=int)
+    p.add_argument("--steps-decoder", type=int,
+                   help="steps of the VAE's decoder trained again alone, on whole frames, its encoder frozen (the "
+                        "latents the other networks learn on do not change; 0: skip; full preset 1000)")
+    p.add_argument("--lr-decoder", type=float)
     p.add_argument("--vae-widths")
     p.add_argument("--vae-kl", type=float, default=1e-6)
     p.add_argument("--vae-perceptual", type=float, help="weight of the stlpips_alex term (texture: a tiny VAE "
@@ -594,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="keep renderer/RP checkpoints in fp32")
     p.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--stages", default="all",
-                   help="comma-separated subset of vae,text,mask,renderer,rollouts to retrain in an existing --work "
+                   help="comma-separated subset of vae,decoder,text,mask,renderer,rollouts to retrain in an existing --work "
                         "of a previous build (its data and the other stages' runs are reused; every stage is seeded, "
                         "so the result equals a full build with the same options; the rollouts, which read every "
                         "network, are always redone); default: all")
@@ -616,8 +654,8 @@ def resolve_options(argv: Sequence[str] | None) -> dict:
     unknown = sorted(set(names) - set(STAGES))
     if unknown:
         raise SystemExit(f"--stages: unknown stage(s) {unknown}; choose from {','.join(STAGES)}")
-    if "vae" in names:  # the mask generator and the renderer are trained on the VAE's latents
-        names = list(names) + ["mask", "renderer"]
+    if "vae" in names:  # the mask generator and the renderer are trained on the VAE's latents, the decoder after it
+        names = list(names) + ["decoder", "mask", "renderer"]
     names = list(names) + ["rollouts"]  # the rollouts read every network: redone whenever one is retrained
     o["stages"] = tuple(n for n in all_stages(o) if n in names)
     return o
@@ -635,8 +673,12 @@ def rollout_shares(value) -> list[float]:
 
 
 def all_stages(o: dict) -> tuple[str, ...]:
-    """The stages of a full build with options ``o`` (no ``rollouts`` without expert shares)."""
-    return STAGES if rollout_shares(o.get("text_rollouts")) else STAGES[:-1]
+    """The stages of a full build with options ``o`` (no ``decoder`` without its steps, no ``rollouts`` without
+    expert shares)."""
+    skip = {"decoder"} if not int(o.get("steps_decoder") or 0) else set()
+    if not rollout_shares(o.get("text_rollouts")):
+        skip.add("rollouts")
+    return tuple(s for s in STAGES if s not in skip)
 
 
 def previous_build(out: Path, work: Path, o: dict) -> dict:
@@ -729,6 +771,13 @@ def run_stage(name: str, o: dict, work: str, threads: int = 0, parent_pid: int |
         shutil.copytree(runs / "vae" / "vae", skel / "base" / "vae")
         rec = json.loads((runs / "vae" / "vae_stats.json").read_text())
         model = res["model"]
+    elif name == "decoder":  # installed into the skeleton by run_stages, once no other stage is reading it
+        res = vae_trainer.train(VAEConfig(data=str(data), base=str(runs / "vae" / "vae"), out=str(runs / "decoder"),
+                                          steps=o["steps_decoder"], lr=o["lr_decoder"], batch_size=DECODER_BATCH,
+                                          crop=int(o["size"]), perceptual_weight=o["vae_perceptual"], init="base",
+                                          part="decoder", **common))
+        rec = json.loads((runs / "decoder" / "vae_stats.json").read_text())
+        model = res["model"].vae.decoder
     elif name == "mask":
         res = mask_generator.train(TrainConfig(data=str(data), base=str(skel), out=str(runs / "rp"),
                                                steps=o["steps_mask"], lr=o["lr_mask"], batch_size=o["batch_size"],
@@ -854,6 +903,7 @@ def run_stages(o: dict, work: Path) -> dict:
     names = o["stages"]
     if int(o["jobs"]) <= 1:
         stages = {name: run_stage(name, o, str(work)) for name in names if name != "rollouts"}
+        install_decoder(work, names)
         if "rollouts" in names:
             stages["rollouts"] = run_rollout_stage(o, work)
         return stages
@@ -865,13 +915,24 @@ def run_stages(o: dict, work: Path) -> dict:
         me = os.getpid()
         futures = {n: pool.submit(run_stage, n, o, str(work), threads, me) for n in ("vae", "text") if n in names}
         stages = {"vae": futures.pop("vae").result()} if "vae" in futures else {}
-        for n in ("renderer", "mask"):  # the renderer, the longest, takes the first free worker
+        for n in ("renderer", "mask", "decoder"):  # the renderer, the longest, takes the first free worker
             if n in names:
                 futures[n] = pool.submit(run_stage, n, o, str(work), threads, me)
         stages.update({n: f.result() for n, f in futures.items()})
+        install_decoder(work, names)
         if "rollouts" in names:  # reads every network: after both lanes
             stages["rollouts"] = run_rollout_stage(o, work, pool, threads)
     return {n: stages[n] for n in names}
+
+
+def install_decoder(work: Path, names) -> None:
+    """The retrained decoder's VAE (same encoder, same scaling factor) becomes the skeleton's ``base/vae``, which
+    the rollouts and the assembled folder read; done after the lanes, so that no stage is loading it meanwhile."""
+    if "decoder" not in names:
+        return
+    vae = work / "skeleton" / "base" / "vae"
+    shutil.rmtree(vae, ignore_errors=True)
+    shutil.copytree(work / "runs" / "decoder" / "vae", vae)
 
 
 def _prepare_data(o: dict, work: Path, rec: dict) -> None:

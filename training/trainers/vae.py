@@ -15,6 +15,10 @@ Loss = L1(x_hat, x) + ``kl_weight`` * KL(q(z|x) || N(0, I)) (mean over latent el
 which ships in a pip wheel: no download). The decoder is run on a *sample* of the posterior (as SD's VAE
 was trained); inference uses the posterior mean.
 
+``--part decoder`` (with ``--init base``) trains the decoder alone on the posterior means, the encoder frozen
+and the scaling factor kept (as SD's ft-MSE VAE was made): the networks trained on this VAE's latents stay
+valid, only the images decoded from them change.
+
 Output: ``<out>/vae/`` = a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)
 that drops into a release's ``base/vae``. Its ``scaling_factor`` is set at export to
 ``1 / std(posterior means)`` over up to ``scale_samples`` whole frames of the data (deterministic: the
@@ -56,6 +60,10 @@ class VAEConfig(TrainConfig):
     scale_samples: int = 32
     flip: bool = True
     sample_posterior: bool = True  # decode z ~ q(z|x) (as SD's VAE); False: decode the mean (plain AE + KL)
+    # "decoder": only the decoder (and post_quant_conv) of the --init base VAE learns, on the posterior means, with
+    # the encoder frozen: the latent space (and the scaling factor) the other networks were trained on stays
+    # exactly as it was, while the images decoded from it get sharper
+    part: str = "all"  # all | decoder
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -138,11 +146,16 @@ def build_vae(widths=(32, 64, 128, 128), latent_channels: int = 4, layers_per_bl
 class VAETrainable(torch.nn.Module):
     """Wraps the AutoencoderKL so one ``forward`` (what DDP sees) gives reconstruction and posterior."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, frozen_encoder: bool = False):
         super().__init__()
         self.vae = vae
+        self.frozen_encoder = frozen_encoder
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor):
+        if self.frozen_encoder:  # decoder only: the means, which is what inference decodes
+            with torch.no_grad():
+                dist = self.vae.encode(x).latent_dist
+            return self.vae.decode(dist.mean).sample, dist.mean, dist.logvar
         dist = self.vae.encode(x).latent_dist
         z = dist.mean + dist.std * noise.to(dist.mean)
         return self.vae.decode(z).sample, dist.mean, dist.logvar
@@ -183,12 +196,16 @@ def reconstruction_error(vae, images: list[np.ndarray], max_images: int = 8) -> 
     return float(np.mean(errs))
 
 
-def export_vae(out, vae, images: list[np.ndarray], max_images: int = 32, step: int = 0) -> Path:
-    """``<out>/vae/`` (diffusers, safetensors) with the data's scaling factor; returns the folder."""
+def export_vae(out, vae, images: list[np.ndarray], max_images: int = 32, step: int = 0,
+               scaling_factor: float | None = None) -> Path:
+    """``<out>/vae/`` (diffusers, safetensors) with the data's scaling factor (or ``scaling_factor``, that of the
+    VAE whose decoder alone was trained: the encoder did not change); returns the folder."""
     out = Path(out)
     was_training = vae.training
     vae.eval()
     scale, stats = latent_scaling_factor(vae, images, max_images)
+    if scaling_factor is not None:
+        scale = float(scaling_factor)
     stats["reconstruction_mae_255"] = reconstruction_error(vae, images)
     vae.register_to_config(scaling_factor=float(scale))
     dst = out / "vae"
@@ -220,9 +237,20 @@ def train(cfg: VAEConfig) -> dict:
         vae = build_vae(cfg.widths, cfg.latent_channels, cfg.layers_per_block, cfg.norm_groups, cfg.crop)
     else:
         raise ValueError(f"--init must be random or base, not {cfg.init!r}")
+    if cfg.part not in ("all", "decoder"):
+        raise ValueError(f"--part must be all or decoder, not {cfg.part!r}")
+    keep_scale = None
+    if cfg.part == "decoder":
+        if cfg.init != "base":
+            raise ValueError("--part decoder fine-tunes the decoder of an existing VAE: give --init base --base VAE")
+        keep_scale = float(vae.config.scaling_factor)
+        vae.requires_grad_(False)
+        vae.decoder.requires_grad_(True)
+        if vae.post_quant_conv is not None:
+            vae.post_quant_conv.requires_grad_(True)
     if cfg.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    model = VAETrainable(vae)
+    model = VAETrainable(vae, frozen_encoder=cfg.part == "decoder")
     metric = None
     if cfg.perceptual_weight > 0:
         from ...models.lpips_net import load_perceptual_metric
@@ -245,14 +273,14 @@ def train(cfg: VAEConfig) -> dict:
         rec = rec.float()
         rec_l1 = (rec - x).abs().mean()
         kl = kl_loss(mean.float(), logvar.float())
-        loss = rec_l1 + cfg.kl_weight * kl
+        loss = rec_l1 + (cfg.kl_weight * kl if cfg.part == "all" else 0.0)
         if metric is not None:
             loss = loss + cfg.perceptual_weight * metric(rec, x).float().mean()
         last.update(l1=float(rec_l1.detach()), kl=float(kl.detach()))
         return loss
 
     def export_fn(m, step):
-        export_vae(out, m.vae, [im for im in data.images], cfg.scale_samples, step)
+        export_vae(out, m.vae, [im for im in data.images], cfg.scale_samples, step, scaling_factor=keep_scale)
 
     res = train_loop(cfg, accelerator, model, loss_fn, export_fn, "vae")
     res["last_terms"] = last
