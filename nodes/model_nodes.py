@@ -13,7 +13,6 @@ separate because it is large (7B) and optional (instructions may be written by h
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import threading
@@ -187,8 +186,8 @@ class InversePaintingModel:
     def describe(self) -> dict:
         from ..core.loop import MODEL_PAINT_CHOICES
 
-        chosen = {k: getattr(self.painting, k) for k in MODEL_PAINT_CHOICES}
-        chosen["scales"] = dataclasses.asdict(self.painting.scales)  # the model's default guidance, as JSON
+        settings = self.painting.to_dict()  # JSON-able (the guidance scales as a dict)
+        chosen = {k: settings[k] for k in MODEL_PAINT_CHOICES}
         return {"release": self.path.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "components": self.components, "perceptual_metric": self.metric_name, "vram": self.tier.name,
                 **chosen,

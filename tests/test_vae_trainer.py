@@ -124,8 +124,11 @@ def test_decoder_part_keeps_the_encoder_and_its_latents(trained, frames, tmp_pat
         assert same == (not k.startswith(("decoder.", "post_quant_conv."))), k
     scale = [json.loads((d / "vae" / "config.json").read_text())["scaling_factor"] for d in (first, tmp_path / "dec")]
     assert scale[0] == scale[1]
+    assert "_name_or_path" not in json.loads((tmp_path / "dec" / "vae" / "config.json").read_text())  # no local path
     mae = [json.loads((d / "vae_stats.json").read_text())["reconstruction_mae_255"] for d in (first, tmp_path / "dec")]
     print(f"decoder part: reconstruction MAE {mae[0]:.2f} -> {mae[1]:.2f} / 255")
     assert mae[1] < mae[0]
-    with pytest.raises(ValueError, match="--init base"):
-        train(_cfg(frames, tmp_path / "bad", steps=1, part="decoder"))
+    with pytest.raises(ValueError, match="--init base"):  # refused before any frame is read
+        train(_cfg(tmp_path / "no_data", tmp_path / "bad", steps=1, part="decoder"))
+    with pytest.raises(ValueError, match="--part"):
+        train(_cfg(tmp_path / "no_data", tmp_path / "bad", steps=1, part="encoder"))

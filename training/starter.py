@@ -475,15 +475,17 @@ def _decoder_line(o: dict, d: dict | None) -> str:
 
 def _guidance_line(scales) -> str:
     """The card's clause on the guidance scales the folder paints with."""
-    release = PAINT_DEFAULTS_BEFORE["scales"]
-    if scales is None or list(map(float, scales)) == release:
-        return "with the release's guidance scales (2, 1, 5, 5, 5)."
-    shown = ", ".join(f"{float(x):g}" for x in scales)
+    def shown(values):
+        return ", ".join(f"{float(x):g}" for x in values)
+
+    release = shown(PAINT_DEFAULTS_BEFORE["scales"])
+    if scales is None or shown(scales) == release:
+        return f"with the release's guidance scales ({release})."
     if all(float(x) == 1.0 for x in scales):
-        return ("with every guidance scale at 1 (`scales`: the fully conditioned prediction alone, one UNet pass per "
-                "step); the release's (2, 1, 5, 5, 5) pushed this small renderer's colours off the target and kept "
+        return (f"with every guidance scale at 1 (`scales`: the fully conditioned prediction alone, one UNet pass per "
+                f"step); the release's ({release}) pushed this small renderer's colours off the target and kept "
                 "its keyframes further from it (training/README.md).")
-    return f"with guidance scales ({shown}) (`scales`; the release: 2, 1, 5, 5, 5)."
+    return f"with guidance scales ({shown(scales)}) (`scales`; the release: {release})."
 
 
 def _reask_line(reask: int) -> str:

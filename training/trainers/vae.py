@@ -210,6 +210,11 @@ def export_vae(out, vae, images: list[np.ndarray], max_images: int = 32, step: i
     vae.register_to_config(scaling_factor=float(scale))
     dst = out / "vae"
     vae.save_pretrained(str(dst), safe_serialization=True)
+    # diffusers records the folder an --init base VAE was read from: a path of the training machine
+    cfg_file = dst / "config.json"
+    config = json.loads(cfg_file.read_text())
+    if config.pop("_name_or_path", None) is not None:
+        cfg_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     stats.update(scaling_factor=float(scale), global_step=int(step))
     (out / "vae_stats.json").write_text(json.dumps(stats, indent=1))
     vae.train(was_training)
@@ -226,6 +231,10 @@ def _base_vae_dir(base) -> Path:
 
 # ---------------------------------------------------------------------------------------------- train
 def train(cfg: VAEConfig) -> dict:
+    if cfg.part not in ("all", "decoder"):  # checked before the frames load
+        raise ValueError(f"--part must be all or decoder, not {cfg.part!r}")
+    if cfg.part == "decoder" and cfg.init != "base":
+        raise ValueError("--part decoder fine-tunes the decoder of an existing VAE: give --init base --base VAE")
     accelerator = make_accelerator(cfg)
     torch.manual_seed(cfg.seed)  # identical random init on every rank
     data = FrameData(cfg.data, cfg.split, crop=cfg.crop, flip=cfg.flip)
@@ -237,12 +246,8 @@ def train(cfg: VAEConfig) -> dict:
         vae = build_vae(cfg.widths, cfg.latent_channels, cfg.layers_per_block, cfg.norm_groups, cfg.crop)
     else:
         raise ValueError(f"--init must be random or base, not {cfg.init!r}")
-    if cfg.part not in ("all", "decoder"):
-        raise ValueError(f"--part must be all or decoder, not {cfg.part!r}")
     keep_scale = None
     if cfg.part == "decoder":
-        if cfg.init != "base":
-            raise ValueError("--part decoder fine-tunes the decoder of an existing VAE: give --init base --base VAE")
         keep_scale = float(vae.config.scaling_factor)
         vae.requires_grad_(False)
         vae.decoder.requires_grad_(True)
