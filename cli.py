@@ -89,7 +89,7 @@ class _PaintContext:
             self.models_dir, interval_s=args.interval, max_keyframes=args.max_keyframes, seed=args.seed,
             short_side=args.short_side, scales=GuidanceScales(*args.guidance) if args.guidance else None,
             compare_to=None if args.compare_to == "auto" else args.compare_to, reask=args.reask,
-            stop_stalled=args.stop_stalled, finish_frames=args.finish_frames,
+            finish_frames=args.finish_frames,
             **_sampling_overrides(args))
         # several processes: each its own device (accelerate's cuda:LOCAL_RANK, or the CPU), whatever --device says
         self.device = check_device(device or args.device)
@@ -573,11 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "asks for reconstruction)")
     paint.add_argument("--reask", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="when the text model names a region the mask generator finds finished for the second "
-                            "time, try up to this many of its next answers (default: the model folder's choice; "
-                            "0 = the release)")
-    paint.add_argument("--stop-stalled", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
-                       help="also stop when the last N keyframes got no closer to the target than the best one "
-                            "before them (default: the model folder's choice; 0 = the release)")
+                            "time, or one whose last keyframe changed nothing, try up to this many of its next "
+                            "answers (default: the model folder's choice; 0 = the release)")
     paint.add_argument("--finish-frames", type=number_argument("int", 0, MAX_KEYFRAMES), default=None,
                        help="after the stop, N keyframes cross-fading to the painting itself, so the time-lapse "
                             "ends on it (default: the model folder's choice; 0 = the release)")

@@ -244,22 +244,25 @@ class ReleasePaths:
 # 4000, never the benchmark's; training/README.md):
 # ``compare_to = reconstruction``: its small VAE cannot reproduce the target within the release's thresholds;
 # measured against the target, the loop would never see a finished region.
-# ``reask = 4``: its text generator keeps naming a region the mask generator finds finished, and the loop
-# stalls with other regions unpainted; re-asking it for its next answers (up to 4) paints better.
-# ``stop_stalled = 2``: its distance to the target levels off after the first layers while each keyframe still
-# changes a little, so the release's rules let it run to max_keyframes; it stops after 2 keyframes without
-# progress (from the 8th keyframe on). 3 did not do better on the validation seeds (mixed, within 0.016).
+# ``reask = 4``: its text generator keeps naming a region the mask generator finds finished, or one its renderer
+# no longer changes, and the loop stalls with other regions unpainted; re-asking it for its next answers (up to
+# 4) paints better.
 # ``finish_frames = 2``: the time-lapse ends on the painting itself (2 cross-fading keyframes after the stop);
 # a presentation choice: the benchmark and the validation runs score the model's own keyframes without them.
-STARTER_PAINT_DEFAULTS = {"compare_to": "reconstruction", "reask": 4, "stop_stalled": 2, "finish_frames": 2,
+STARTER_PAINT_DEFAULTS = {"compare_to": "reconstruction", "reask": 4, "finish_frames": 2,
                           # guidance (image, canvas, time, mask, text) all 1: the full-condition prediction alone
                           "scales": [1.0, 1.0, 1.0, 1.0, 1.0]}
 # paint_defaults added after the first starter builds, with what a folder that does not name them painted with
 PAINT_DEFAULTS_BEFORE = {"scales": [2.0, 1.0, 5.0, 5.0, 5.0]}
-# paint_defaults of earlier starter builds that the retrained renderer made unnecessary, with the release value
+# paint_defaults of earlier starter builds that a later model or loop made unnecessary, with the release value
 # that such a folder may still name; any other value is refused (the folder painted differently then)
 RETIRED_PAINT_DEFAULTS = {"denoise": 1.0, "start_from": "canvas", "keep_unmasked": False,
-                          "difference_fallback": False}
+                          "difference_fallback": False, "stop_stalled": 0}
+# what replaced each, for the refusal
+RETIRED_BECAUSE = {"stop_stalled": "the loop now re-asks the text generator after a keyframe that changed nothing "
+                                   "(reask), and stops when no answer it offers would change the canvas"}
+RETIRED_BECAUSE.update(dict.fromkeys(("denoise", "start_from", "keep_unmasked", "difference_fallback"),
+                                     "the starter recipe's renderer now paints from pure noise"))
 
 
 def without_retired(settings: dict) -> tuple[dict, dict]:
@@ -321,10 +324,10 @@ def paint_defaults(root) -> dict:
     own, retired = without_retired(own)
     if retired:
         key, value = next(iter(retired.items()))
-        raise WeightFileError(f"{info}: paint_defaults {key!r} was retired: the starter recipe's renderer now "
-                              f"paints from pure noise, but this folder's was made for {key} = {value!r}; "
-                              f"rebuild it with training/starter.py, or remove {key!r} from paint_defaults to "
-                              f"paint it from pure noise anyway (an older renderer may drift in colour)")
+        raise WeightFileError(f"{info}: paint_defaults {key!r} was retired ({RETIRED_BECAUSE[key]}), but this "
+                              f"folder asks for {key} = {value!r}; rebuild it with training/starter.py, or remove "
+                              f"{key!r} from paint_defaults to paint it as the recipe does now (an older model may "
+                              "paint worse that way)")
     return {"short_side": size, **STARTER_PAINT_DEFAULTS, **PAINT_DEFAULTS_BEFORE, **own}
 
 

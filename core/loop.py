@@ -3,9 +3,9 @@
 Each keyframe: text instruction (LLaVA, or a user list) -> difference mask + mask generator (one pass,
 threshold ladder) -> renderer -> stop-rule distances. The stop tests run before each keyframe, as in
 the release: stop when the last LPIPS(target, keyframe) < 0.1, or when the last two
-LPIPS(canvas, keyframe) < 1e-3 once more than three keyframes exist, or at ``max_keyframes``; optionally
-(``stop_stalled``) when the keyframes stopped getting closer to the target. After the stop, optional
-finishing keyframes (``finish_frames``) cross-fade to the target painting so the time-lapse ends on it.
+LPIPS(canvas, keyframe) < 1e-3 once more than three keyframes exist, or at ``max_keyframes``; with ``reask``
+also when nothing the text generator offers would change the canvas. After the stop, optional finishing
+keyframes (``finish_frames``) cross-fade to the target painting so the time-lapse ends on it.
 
 Everything stays in memory (the release writes and re-reads PNGs several times per keyframe). The loop
 is a generator: it yields each :class:`Keyframe` as soon as it is made, so callers can stream previews
@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .difference_mask import DIFFERENCE_THRESHOLD, compute_difference_mask, stop_rule_distance
+from .difference_mask import (DIFFERENCE_THRESHOLD, compute_difference_mask, difference_map, difference_mask,
+                              stop_rule_distance)
 from .errors import NumericalFault, OptionError, check_finite, finite_number, whole_number
 from .guidance import GuidanceScales
 from .imaging import WorkingImage, check_short_side, cross_fade, prepare_image
@@ -34,14 +35,10 @@ from .sampling import SAMPLERS, NoiseSource
 
 
 # the PaintSettings a model folder may choose (core/loading.paint_defaults), the rest being per run
-MODEL_PAINT_CHOICES = ("short_side", "compare_to", "reask", "stop_stalled", "finish_frames", "scales")
+MODEL_PAINT_CHOICES = ("short_side", "compare_to", "reask", "finish_frames", "scales")
 
 
 REASK_THRESHOLD = 0.5  # the ladder's first threshold: below MIN_AREA there, a region counts as finished
-STALL_MIN_GAIN = 0.01  # ``stop_stalled``: a keyframe must get this much closer to the target than the best before
-# ``stop_stalled`` waits for this many keyframes: the first layers of a real process (the sky, then the moon or
-# the clouds in it) barely move the distance to a target that is still mostly unpainted, so they look stalled
-STALL_MIN_KEYFRAMES = 8
 FINISH_INSTRUCTION = "(finish)"  # the instruction of the finishing keyframes (``finish_frames``)
 
 
@@ -79,13 +76,13 @@ class PaintSettings:
     # (greedy decoding gives the same answer for the same canvas) then paints slivers until "canvas stopped
     # changing", with other regions unpainted. The first time is kept: real processes often spend one more
     # keyframe on a region, and re-asking at once paints faster than they do (worse LPIPS on validation).
-    # Skipped on the first keyframe and for user instructions (no alternatives to ask).
+    # Skipped on the first keyframe and for user instructions (no alternatives to ask). Also re-asked at once: an
+    # answer whose last keyframe changed no region of the canvas (nowhere a spatial distance above
+    # ``difference_threshold``): the renderer found nothing left to paint for it, and naming it again repaints
+    # the same canvas (validation seeds 3000/4000 in training/README.md). When such an answer comes back and the
+    # text generator offers no other with a region, the loop stops ("nothing_left_to_paint"): the release would
+    # repaint it unchanged until max_keyframes (seen on 2 of 20 benchmark paintings).
     reask: int = 0
-    # > 0: also stop when the last this-many keyframes got no closer to the target (``compare_to``) than the best
-    # keyframe before them, by STALL_MIN_GAIN, once STALL_MIN_KEYFRAMES exist. Release: 0. The release's
-    # "stopped changing" rule does not fire while a renderer that cannot improve a canvas keeps re-painting it
-    # with small changes everywhere; it then runs to max_keyframes.
-    stop_stalled: int = 0
     # > 0: after the stop, this many more keyframes cross-fade (pixel space, one interval apart) from the last
     # keyframe to the target painting itself, so the time-lapse ends on the painting, as a real one does.
     # Release: 0, the time-lapse ends on the last render (never pixel-exact: the VAE alone loses detail).
@@ -127,7 +124,7 @@ class PaintSettings:
             check_short_side(self.short_side)
         if self.compare_to not in ("target", "reconstruction"):
             raise OptionError(f"compare_to must be 'target' or 'reconstruction', got {self.compare_to!r}")
-        for name in ("reask", "stop_stalled", "finish_frames"):
+        for name in ("reask", "finish_frames"):
             setattr(self, name, whole_number(getattr(self, name), name, 0, MAX_KEYFRAMES))
 
     @classmethod
@@ -224,6 +221,7 @@ class LoopState:
     changes: list[float]
     to_target: list[float]
     finished: list[str]  # answers found finished (``reask``)
+    unchanged: list[str] = field(default_factory=list)  # answers whose last keyframe changed no region (``reask``)
 
     def to_saved(self) -> tuple[dict, dict]:
         """(tensors, JSON-able info) for a safetensors file."""
@@ -234,7 +232,8 @@ class LoopState:
             tensors["prev_latents"] = self.prev_latents.detach().float().cpu()
         # JSON writes floats by repr, which reads back to the same float: the stop rules decide as if never stopped
         info = {"painted": self.painted, "changes": [float(c) for c in self.changes],
-                "to_target": [float(d) for d in self.to_target], "finished": list(self.finished)}
+                "to_target": [float(d) for d in self.to_target], "finished": list(self.finished),
+                "unchanged": list(self.unchanged)}
         return tensors, info
 
     @classmethod
@@ -243,15 +242,7 @@ class LoopState:
         return cls(int(info["painted"]), tensors["canvas"].numpy().astype(np.uint8),
                    mask.float() if mask is not None else None, tensors.get("prev_latents"),
                    [float(c) for c in info["changes"]], [float(d) for d in info["to_target"]],
-                   list(info.get("finished", [])))
-
-
-def stalled(to_target: Sequence[float], keyframes: int) -> bool:
-    """``PaintSettings.stop_stalled``: the last ``keyframes`` distances are none of them STALL_MIN_GAIN below the
-    best distance before them, and there are STALL_MIN_KEYFRAMES or more."""
-    n = int(keyframes)
-    return (0 < n < len(to_target) and len(to_target) >= STALL_MIN_KEYFRAMES
-            and min(to_target[-n:]) > min(to_target[:-n]) - STALL_MIN_GAIN)
+                   list(info.get("finished", [])), list(info.get("unchanged", [])))
 
 
 class Painter:
@@ -283,34 +274,44 @@ class Painter:
         return torch.nn.functional.interpolate(lat, size=(H, W), mode="nearest")
 
     def _reask(self, text, canvas: np.ndarray, target: np.ndarray, instruction: str, prediction: MaskPrediction,
-               settings: PaintSettings, finished: set[str]) -> tuple[str, MaskPrediction, dict | None]:
+               settings: PaintSettings, finished: set[str], unchanged: set[str]
+               ) -> tuple[str, MaskPrediction, dict | None, bool]:
         """``settings.reask``: keep ``instruction`` unless its region was found finished (``finished``: the
-        answers found so before, updated here) and is again; then the first other answer of ``text`` whose mask
-        covers ``MIN_AREA`` at ``REASK_THRESHOLD``. Returns (instruction, prediction, trail entry or None)."""
-        if prediction.area(REASK_THRESHOLD) >= MIN_AREA:
+        answers found so before, updated here) and is again, or its last keyframe changed no region
+        (``unchanged``); then the first other answer of ``text``, not in ``unchanged``, whose mask covers
+        ``MIN_AREA`` at ``REASK_THRESHOLD``. Returns (instruction, prediction, trail entry or None, nothing left):
+        the last is True when ``instruction`` changed nothing last time and the text generator offered no other
+        answer to use: painting it again would repaint the same canvas."""
+        if instruction in unchanged:
+            why = "changed nothing last time"
+        elif prediction.area(REASK_THRESHOLD) >= MIN_AREA:
             finished.discard(instruction)
-            return instruction, prediction, None
-        if instruction not in finished:  # first time: one more pass over the region, as the release
+            return instruction, prediction, None, False
+        elif instruction not in finished:  # first time: one more pass over the region, as the release
             finished.add(instruction)
-            return instruction, prediction, None
+            return instruction, prediction, None, False
+        else:
+            why = "found finished"
         ask = getattr(text, "alternatives", None)
-        if ask is None:  # a user list has no second answer
-            return instruction, prediction, None
+        # a user list has no second answer (None, or none offered for a written entry): the user's choice stands
+        answers = list(ask(canvas, target, settings.reask + 1)) if ask is not None else []
+        if not answers:
+            return instruction, prediction, None, False
         tried: list[dict] = []
         # one beam more than the answers to try: the greedy answer is usually among the beams
-        for answer in ask(canvas, target, settings.reask + 1):
+        for answer in answers:
             if len(tried) == settings.reask:
                 break
-            if answer == instruction:
+            if answer == instruction or answer in unchanged:
                 continue
             other = self.mask_generator.predict_instruction(prediction, answer, settings.interval_s)
             area = other.area(REASK_THRESHOLD)
             tried.append({"instruction": answer, "area": round(area, 4)})
             if area >= MIN_AREA:
-                return answer, other, {"decision": f"re-asked: {instruction!r} found finished, {answer!r} used",
-                                       "tried": tried}
+                return answer, other, {"decision": f"re-asked: {instruction!r} {why}, {answer!r} used",
+                                       "tried": tried}, False
         return instruction, prediction, {"decision": f"re-asked: no other answer has a region, {instruction!r} kept",
-                                         "tried": tried}
+                                         "tried": tried}, instruction in unchanged
 
     def paint(self, target, settings: PaintSettings = PaintSettings(), instructions=None, masks=None,
               start_canvas=None, sampler: ExternalSampler | None = None, sigmas: torch.Tensor | None = None,
@@ -349,6 +350,7 @@ class Painter:
         prev_mask = resume.prev_mask.to(dev) if resume.prev_mask is not None else None
         prev_latents = resume.prev_latents.to(dev, self.models.dtype) if resume.prev_latents is not None else None
         finished: set[str] = set(resume.finished)  # answers whose region the mask generator found finished (reask)
+        unchanged: set[str] = set(resume.unchanged)  # answers whose last keyframe changed no region (reask)
         self.state = resume
         self.last_stop_reason = "max_keyframes"
         latent_shape = (1, tstate.latents.shape[1], *working.latent_hw)
@@ -358,9 +360,6 @@ class Painter:
                 break
             if to_target and to_target[-1] < settings.stop_target_distance:
                 self.last_stop_reason = "close_to_target"
-                break
-            if stalled(to_target, settings.stop_stalled):
-                self.last_stop_reason = "stopped_improving"
                 break
             instruction = str(text.generate(canvas, target_img, keyframe_index=k)).strip()
             user = user_masks.get(k) if user_masks is not None else None
@@ -377,8 +376,11 @@ class Painter:
                                                    settings.difference_threshold, target_latents=tstate.latents)
                 reasked = None
                 if settings.reask > 0 and k > 0:
-                    instruction, pred, reasked = self._reask(text, canvas, target_img, instruction, pred, settings,
-                                                             finished)
+                    instruction, pred, reasked, nothing_left = self._reask(text, canvas, target_img, instruction,
+                                                                           pred, settings, finished, unchanged)
+                    if nothing_left:
+                        self.last_stop_reason = "nothing_left_to_paint"
+                        break
                 chosen = self.mask_generator.choose(pred, prev_mask, first=k == 0, ladder=settings.threshold_ladder)
                 if reasked is not None:
                     chosen.trail.insert(0, reasked)
@@ -405,15 +407,27 @@ class Painter:
                 raise NumericalFault("perceptual metric", None, f"keyframe {k + 1}")
             changes.append(change)
             to_target.append(dist if to_recon is None else to_recon)
+            if settings.reask > 0 and user is None:
+                if self._changed_a_region(canvas, image, working, settings.difference_threshold):
+                    unchanged.discard(instruction)
+                else:
+                    unchanged.add(instruction)
             kf = Keyframe(k + 1, (k + 1) * settings.interval_s, image, instruction, chosen.mask_full,
                           chosen.mask_latent, difference, chosen.threshold, chosen.trail, dist, change,
                           result.latents, working.size, lpips_to_reconstruction=to_recon)
             canvas = working.repad(image)  # crop to the painted area, re-blacken the pad
             prev_mask, prev_latents = chosen.mask_full, result.latents
             self.state = LoopState(k + 1, canvas, prev_mask, prev_latents, list(changes), list(to_target),
-                                   sorted(finished))
+                                   sorted(finished), sorted(unchanged))
             yield kf
         yield from self._finish(canvas, target_img, reference, working, settings, len(to_target))
+
+    def _changed_a_region(self, canvas: np.ndarray, image: np.ndarray, working: WorkingImage, threshold: float) -> bool:
+        """Whether ``image`` differs from ``canvas`` somewhere by more than ``threshold`` (spatial distance, the
+        difference mask's rule), inside the painting (the padding is re-blackened after every keyframe)."""
+        h, w = working.size
+        dmap = difference_map(self.metric, np.ascontiguousarray(canvas[:h, :w]), np.ascontiguousarray(image[:h, :w]))
+        return bool((difference_mask(dmap, threshold) > 0).any())
 
     def _distances(self, target: np.ndarray, reference: np.ndarray, image: np.ndarray) -> tuple[float, float | None]:
         """(LPIPS to the target, LPIPS to the reference when that is not the target, else None)."""

@@ -29,8 +29,8 @@ def working_sha256(working: WorkingImage) -> str:
 
 def compare_settings(run: dict, now: dict, out: Path) -> None:
     """Refuse to continue a run with settings other than its own (the frames would mix two runs); the image's
-    path may differ (a moved file), its pixels may not (``target_sha256``). A run from before the img2img
-    switches were retired records them; at the release's value it painted as now."""
+    path may differ (a moved file), its pixels may not (``target_sha256``). A run from before a switch was retired
+    (``loading.RETIRED_PAINT_DEFAULTS``) records it; at the release's value it painted as now."""
     from .loading import without_retired
 
     run, retired = without_retired(run)

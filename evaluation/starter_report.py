@@ -184,14 +184,14 @@ def main(argv=None) -> int:
     p.add_argument("--update-card", action="store_true",
                    help="record the table in the model's starter.json and MODEL_CARD.md")
     p.add_argument("--reask", type=int, default=None, help="override the model's paint default")
-    p.add_argument("--stop-stalled", type=int, default=None, help="override the model's paint default")
     p.add_argument("--finish-frames", type=int, default=None, help="override the model's paint default")
+    p.add_argument("--compare-to", choices=("target", "reconstruction"), default=None,
+                   help="override the model's paint default")
     p.add_argument("--guidance", type=float, nargs=5, default=None, metavar=("IMAGE", "CANVAS", "TIME", "MASK", "TEXT"),
                    help="override the model's guidance scales")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    overrides = {"reask": a.reask, "stop_stalled": a.stop_stalled,
-                 "finish_frames": a.finish_frames, "scales": a.guidance}
+    overrides = {"reask": a.reask, "finish_frames": a.finish_frames, "scales": a.guidance, "compare_to": a.compare_to}
 
     from .sequences import load_sequences
 

@@ -154,10 +154,6 @@ class InversePaintingTimelapse:
                                                "tooltip": "LPIPS threshold of the difference mask (release: 0.2)."}),
             "fast_guidance": ("BOOLEAN", {"default": True, "tooltip": "Skip zero-weight guidance branches (same "
                                           "result to float precision)."}),
-            "stop_stalled": ("INT", {"default": -1, "min": -1, "max": 100, "tooltip": "Also stop when the last N "
-                                     "keyframes got no closer to the target than the best one before them. -1: the "
-                                     "model's choice (the bundled starter: 2; released weights: 0 = off, as the "
-                                     "release)."}),
             "finish_frames": ("INT", {"default": -1, "min": -1, "max": 100, "tooltip": "After the stop, N more frames "
                                       "cross-fade to the painting itself, so the time-lapse ends on it. -1: the "
                                       "model's choice (the bundled starter: 2; released weights: 0 = off, as the "
@@ -171,7 +167,7 @@ class InversePaintingTimelapse:
     def run(self, model, target, interval, max_keyframes, seed, steps, stop_target_distance=0.1, stop_change=0.001,
             text_model=None, instructions="", masks=None, start_canvas=None, sampler=None, sigmas=None,
             threshold_ladder=True, combine_init=True, combine_ratio=0.2, difference_threshold=0.2,
-            fast_guidance=True, stop_stalled=-1, finish_frames=-1, frame_size=FRAME_SIZES[0], unique_id=None,
+            fast_guidance=True, finish_frames=-1, frame_size=FRAME_SIZES[0], unique_id=None,
             **guidance):
         model.require(renderer=True)
         if frame_size not in FRAME_SIZES:
@@ -187,7 +183,7 @@ class InversePaintingTimelapse:
             difference_threshold=float(difference_threshold), threshold_ladder=bool(threshold_ladder),
             combine_init=bool(combine_init), combine_ratio=float(combine_ratio),
             stop_target_distance=float(stop_target_distance), stop_change=float(stop_change),
-            **{k: int(v) for k, v in (("stop_stalled", stop_stalled), ("finish_frames", finish_frames)) if v >= 0})
+            **({"finish_frames": int(finish_frames)} if finish_frames >= 0 else {}))
 
         count = image_batch_size(target, "target")
         if count == 0:  # nothing would be painted, yet the node would succeed

@@ -632,7 +632,7 @@ def test_interrupt_keeps_a_valid_folder_and_resume_gives_the_same_frames(files, 
     byte-identical frames and masks (at the painting's size, the finishing cross-fade mixed at that size)."""
     full, part = tmp_path / "full", tmp_path / "part"
     argv = lambda out, *x: _paint_argv(files, out, "--max-keyframes", "4", "--instructions", "sky|sea|land",  # noqa
-                                       "--finish-frames", "2", "--stop-stalled", "0", *x)
+                                       "--finish-frames", "2", *x)
     assert _run(argv(full), capsys)[0] == 0
     ends = [k.get("finishing", False) for k in json.loads((full / "manifest.json").read_text())["keyframes"]]
     assert ends[-3:] == [False, True, True]

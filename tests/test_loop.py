@@ -61,26 +61,15 @@ def test_stop_rules(painter, target):
     assert len(frames) == 4 and painter.last_stop_reason == "canvas_stopped_changing"
 
 
-def test_stalled_rule():
-    from inverse_painting.core.loop import STALL_MIN_KEYFRAMES, stalled
-
-    head = [1.0] * (STALL_MIN_KEYFRAMES - 4)
-    assert stalled(head + [0.9, 0.6, 0.6, 0.595], 2)  # neither of the last two is 0.01 below the best before them
-    assert not stalled(head + [0.9, 0.6, 0.6, 0.585], 2)
-    assert not stalled([0.9, 0.6, 0.6, 0.595], 2)  # too few keyframes yet
-    assert not stalled([0.9] * 3, 3)  # no keyframe before the last three to compare with
-    assert not stalled([0.9] * 20, 0)  # 0: the release, off
-
-
-def test_stop_stalled_and_finishing_keyframes(painter, target, monkeypatch):
-    """``stop_stalled`` ends the loop once the distances to the target stop improving; ``finish_frames`` then
+def test_finishing_keyframes(painter, target, monkeypatch):
+    """After a stop rule (here "close to the target", measured against the reconstruction), ``finish_frames``
     cross-fades the last keyframe to the target, the last finishing keyframe being the target itself."""
     import inverse_painting.core.loop as loop
     from inverse_painting.core.difference_mask import compute_difference_mask
     from inverse_painting.core.imaging import prepare_image
 
     measured = loop.stop_rule_distance
-    script = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.4, 0.4]  # stalled at the 8th keyframe (STALL_MIN_KEYFRAMES)
+    script = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.05]  # close to the (reconstructed) target at the 8th keyframe
     to_target = iter(script)
     def scripted(metric, a, b):  # the distances to the reference follow the script, then are measured
         value = next(to_target, None) if a is reference[0] else None
@@ -95,14 +84,14 @@ def test_stop_stalled_and_finishing_keyframes(painter, target, monkeypatch):
         return reference[0]
 
     monkeypatch.setattr(painter.models, "round_trip", round_trip)
-    settings = {"stop_stalled": 2, "stop_change": 0.0, "compare_to": "reconstruction"}
+    settings = {"stop_change": 0.0, "compare_to": "reconstruction"}
     frames = _run(painter, target, max_keyframes=12, settings=settings)
-    assert len(frames) == 8 and painter.last_stop_reason == "stopped_improving"
+    assert len(frames) == 8 and painter.last_stop_reason == "close_to_target"
     assert not any(k.finishing for k in frames)
 
     to_target = iter(script)
     frames = _run(painter, target, max_keyframes=12, settings={**settings, "finish_frames": 2})
-    assert painter.last_stop_reason == "stopped_improving" and len(frames) == 10
+    assert painter.last_stop_reason == "close_to_target" and len(frames) == 10
     last, (half, whole) = frames[7], frames[8:]
     assert [k.index for k in (half, whole)] == [9, 10] and [k.time_s for k in (half, whole)] == [180, 200]
     assert half.finishing and whole.finishing and half.instruction == whole.instruction == "(finish)"
@@ -155,13 +144,15 @@ def test_retired_paint_defaults(tmp_path):
     info = tmp_path / "starter.json"
     info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {**RETIRED_PAINT_DEFAULTS, "reask": 2}}))
     assert paint_defaults(tmp_path) == {"short_side": 64, **STARTER_PAINT_DEFAULTS, **PAINT_DEFAULTS_BEFORE, "reask": 2}
-    for key, value in (("denoise", 0.6), ("start_from", "target_in_mask"), ("keep_unmasked", True),
-                       ("difference_fallback", True)):
+    for key, value, why in (("denoise", 0.6, "pure noise"), ("start_from", "target_in_mask", "pure noise"),
+                            ("keep_unmasked", True, "pure noise"), ("difference_fallback", True, "pure noise"),
+                            ("stop_stalled", 2, "re-asks the text generator after a keyframe that changed nothing")):
         info.write_text(json.dumps({"options": {"size": 64}, "paint_defaults": {key: value}}))
-        with pytest.raises(WeightFileError, match=f"'{key}' was retired"):
+        with pytest.raises(WeightFileError, match=f"'{key}' was retired \\(.*{why}"):
             PaintSettings.for_model(tmp_path)
-    with pytest.raises(TypeError):
-        PaintSettings(denoise=0.6)
+    for retired in ({"denoise": 0.6}, {"stop_stalled": 2}):
+        with pytest.raises(TypeError):
+            PaintSettings(**retired)
 
 
 def test_model_guidance_scales(tmp_path):
@@ -214,6 +205,7 @@ def test_reask_paints_the_next_answer_with_a_region(painter, target, monkeypatch
     from inverse_painting.core.mask_generator import MaskPrediction
 
     monkeypatch.setattr(gen, "_forward", only_grass_left)
+    monkeypatch.setattr(painter, "_changed_a_region", lambda *a: True)  # the other trigger: the next test
 
     def run(asker, reask):
         settings = PaintSettings(steps=1, max_keyframes=3, short_side=64, reask=reask)
@@ -239,6 +231,93 @@ def test_reask_paints_the_next_answer_with_a_region(painter, target, monkeypatch
                                 instructions=ManualInstructions(["sky"])))
     assert [k.instruction for k in manual] == ["sky"] * 3
     assert not any(e["decision"].startswith("re-asked") for k in manual for e in k.ladder)
+
+
+def test_reask_after_a_keyframe_that_changed_nothing(painter, target, monkeypatch):
+    """With ``reask``, an answer whose keyframe changed no region is re-asked the next time it is named, whatever
+    its mask's area, and answers that changed nothing are not chosen again; when no other is offered the loop
+    stops (written instructions excepted); a visible change clears the mark."""
+    from inverse_painting.core.mask_generator import MaskPrediction
+
+    gen = painter.mask_generator
+    forward = gen._forward
+
+    def everywhere(*args):  # every answer has a region: only the change decides
+        p = forward(*args)
+        sure = torch.full_like(p.logits, 20.0)
+        return MaskPrediction(sure, torch.sigmoid(sure), *[getattr(p, f) for f in
+                                                           ("difference", "difference_map", "z_canvas", "z_target", "context")])
+
+    monkeypatch.setattr(gen, "_forward", everywhere)
+    changed = {"sky": False, "rock": False, "grass": True}
+    monkeypatch.setattr(painter, "_changed_a_region", lambda canvas, image, working, thr: changed[seen[-1]])
+    seen = []
+    paint = painter.renderer.conditions
+
+    def conditions(tstate, canvas, mask, instruction, interval_s):
+        seen.append(instruction)
+        return paint(tstate, canvas, mask, instruction, interval_s)
+
+    monkeypatch.setattr(painter.renderer, "conditions", conditions)
+    asker = _Asker(["rock", "grass"])
+    frames = list(painter.paint(target, PaintSettings(steps=1, max_keyframes=3, short_side=64, reask=3),
+                                instructions=asker))
+    # keyframe 1: "sky" changed nothing at keyframe 0 -> re-asked, "rock" used, and changes nothing;
+    # keyframe 2: "sky" and "rock" are both marked, "grass" used
+    assert [k.instruction for k in frames] == ["sky", "rock", "grass"]
+    assert "'sky' changed nothing last time, 'rock' used" in frames[1].ladder[0]["decision"]
+    assert [t["instruction"] for t in frames[2].ladder[0]["tried"]] == ["grass"]
+    assert painter.state.unchanged == ["rock", "sky"]
+
+    # the marks travel with the saved state: a run stopped after keyframe 2 and resumed paints the same third
+    from inverse_painting.core.loop import LoopState
+
+    list(painter.paint(target, PaintSettings(steps=1, max_keyframes=2, short_side=64, reask=3),
+                       instructions=_Asker(["rock", "grass"])))
+    saved = LoopState.from_saved(*painter.state.to_saved())
+    rest = list(painter.paint(target, PaintSettings(steps=1, max_keyframes=3, short_side=64, reask=3),
+                              instructions=_Asker(["rock", "grass"]), resume=saved))
+    assert [k.instruction for k in rest] == ["grass"] and np.array_equal(rest[0].image, frames[2].image)
+
+    # nothing offered would change the canvas: "sky" and "rock" changed nothing, no other answer -> the loop stops
+    frames = list(painter.paint(target, PaintSettings(steps=1, max_keyframes=5, short_side=64, reask=3),
+                                instructions=_Asker(["rock"])))
+    assert [k.instruction for k in frames] == ["sky", "rock"] and painter.last_stop_reason == "nothing_left_to_paint"
+
+    class Written(_Asker):  # a written instruction: no other answer offered (the node's list), the user's choice
+        def alternatives(self, canvas, target, count):
+            return []
+
+    for written in (Written([]), ManualInstructions(["sky"])):
+        frames = list(painter.paint(target, PaintSettings(steps=1, max_keyframes=3, short_side=64, reask=3),
+                                    instructions=written))
+        assert [k.instruction for k in frames] == ["sky"] * 3 and painter.last_stop_reason == "max_keyframes"
+
+    changed["sky"] = True  # a visible change: "sky" is kept from then on
+    seen.clear()
+    frames = list(painter.paint(target, PaintSettings(steps=1, max_keyframes=3, short_side=64, reask=3),
+                                instructions=_Asker(["rock", "grass"])))
+    assert [k.instruction for k in frames] == ["sky"] * 3 and painter.state.unchanged == []
+
+
+def test_changed_a_region_looks_inside_the_painting(painter):
+    """The change test of ``reask``: identical frames changed nothing, a repainted block did, and the padding
+    (re-blackened after every keyframe) does not count. The starter's metric: the tiny release's has random heads."""
+    from inverse_painting.core.imaging import prepare_image
+
+    painter = Painter(painter.models, load_perceptual_metric("stlpips_alex"))
+
+    working = prepare_image(np.full((72, 100, 3), 200, np.uint8), 72)
+    canvas = working.white_canvas()
+    assert not painter._changed_a_region(canvas, canvas.copy(), working, 0.2)
+    h, w = working.size
+    padded = canvas.copy()  # noise where the renderer's output is cut off (noise is far over 0.2; a flat grey is not)
+    noise = np.random.default_rng(0).integers(0, 256, canvas.shape).astype(np.uint8)
+    padded[h:], padded[:, w:] = noise[h:], noise[:, w:]
+    assert (h, w) != canvas.shape[:2] and not painter._changed_a_region(canvas, padded, working, 0.2)
+    painted = canvas.copy()
+    painted[10:40, 20:60] = (20, 120, 40)
+    assert painter._changed_a_region(canvas, painted, working, 0.2)
 
 
 def test_start_canvas_user_masks_and_step_callback(painter, target):
@@ -288,12 +367,12 @@ def test_cli_paints_and_writes_outputs(tiny_release, tmp_path, target):
     assert main(["paint", str(tmp_path / "missing.png"), "--models", str(tiny_release)]) == 2
     assert main(["paint", str(img), "--models", str(tiny_release), "--out", str(tmp_path / "o2"), "--instructions",
                  "sky", "--steps", "2", "--max-keyframes", "1", "--short-side", "64", "--reask", "3",
-                 "--stop-stalled", "4", "--finish-frames", "1", "--frame-size", "working"]) == 0
+                 "--finish-frames", "1", "--frame-size", "working"]) == 0
     manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
     assert Image.open(tmp_path / "o2" / manifest["keyframes"][-1]["file"]).size == (88, 64)
     settings = manifest["settings"]
-    assert (settings["reask"], settings["stop_stalled"], settings["finish_frames"]) == (3, 4, 1)
-    assert "denoise" not in settings
+    assert (settings["reask"], settings["finish_frames"]) == (3, 1)
+    assert "denoise" not in settings and "stop_stalled" not in settings
     assert [k.get("finishing", False) for k in manifest["keyframes"]] == [False, False, True]
 
 
@@ -318,8 +397,8 @@ def test_parity_cli_fails_on_a_broken_fixture(parity, tmp_path):
 
 
 def test_resume_of_a_run_from_before_the_retired_switches(tmp_path):
-    """A run folder written before the img2img switches were retired records them: at the release's values it
-    painted as now and resumes; with an img2img start it is refused by name, not as a generic mismatch."""
+    """A run folder written before a switch was retired (the img2img ones, ``stop_stalled``) records it: at the
+    release's value it painted as now and resumes; otherwise it is refused by name, not as a generic mismatch."""
     from inverse_painting.core.errors import OptionError
     from inverse_painting.core.loading import RETIRED_PAINT_DEFAULTS
     from inverse_painting.core.painting_run import compare_settings
@@ -328,5 +407,7 @@ def test_resume_of_a_run_from_before_the_retired_switches(tmp_path):
     compare_settings({**now, **RETIRED_PAINT_DEFAULTS}, now, tmp_path)
     with pytest.raises(OptionError, match="denoise = 0.6, an option this version no longer has"):
         compare_settings({**now, **RETIRED_PAINT_DEFAULTS, "denoise": 0.6}, now, tmp_path)
+    with pytest.raises(OptionError, match="stop_stalled = 2, an option this version no longer has"):
+        compare_settings({**now, "stop_stalled": 2}, now, tmp_path)
     with pytest.raises(OptionError, match="other settings"):
         compare_settings({**now, "reask": 3}, now, tmp_path)

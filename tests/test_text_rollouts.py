@@ -101,15 +101,15 @@ def test_rollout_seeds_depend_on_the_process_and_share_only():
     assert rollout_seed(0, "my video", 1) == rollout_seed(0, "my video", 1) != rollout_seed(1, "my video", 1)
 
 
-def test_rollouts_paint_the_whole_process_whatever_the_models_stop_and_finish_choices(tmp_path):
-    """A rollout's canvases are training data: it paints the real process's length + ``extra`` keyframes even when
-    the model folder asks for an early stop (``stop_stalled``) and finishing cross-fades (``finish_frames``)."""
+def test_rollouts_paint_the_whole_process_whatever_the_models_finish_choice(tmp_path):
+    """A rollout's canvases are training data: it paints up to the real process's length + ``extra`` keyframes
+    and no finishing cross-fades (``finish_frames``) even when the model folder asks for them."""
     from inverse_painting.core.loading import STARTER_PAINT_DEFAULTS
     from inverse_painting.training.text_rollouts import roll_out
 
     info = {"options": {"size": 64}, "paint_defaults": STARTER_PAINT_DEFAULTS}
     (tmp_path / "starter.json").write_text(json.dumps(info))
-    assert STARTER_PAINT_DEFAULTS["stop_stalled"] > 0 and STARTER_PAINT_DEFAULTS["finish_frames"] > 0
+    assert STARTER_PAINT_DEFAULTS["finish_frames"] > 0
 
     class Painter:
         last_stop_reason = "max_keyframes"
@@ -121,5 +121,5 @@ def test_rollouts_paint_the_whole_process_whatever_the_models_stop_and_finish_ch
     painter = Painter()
     roll_out(painter, tmp_path, np.full((64, 80, 3), 90, np.uint8), ["sky", "sea", "boat"], None, 1.0, seed=3, extra=2)
     s = painter.settings
-    assert (s.stop_stalled, s.finish_frames, s.max_keyframes) == (0, 0, 5)
+    assert (s.finish_frames, s.max_keyframes) == (0, 5)
     assert (s.reask, s.compare_to) == (STARTER_PAINT_DEFAULTS["reask"], STARTER_PAINT_DEFAULTS["compare_to"])

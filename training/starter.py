@@ -418,7 +418,7 @@ Sizes (MiB): {json.dumps(sizes)}; total {rec['total_mb']} MiB.
   within the release's thresholds (0.2 / 0.1), so against the target itself no region would ever look done.
   Each keyframe is rendered from pure noise, as in the release, {_guidance_line(paint.get('scales'))}
   {_reask_line(paint.get('reask', 0))}
-  {_end_line(paint.get('stop_stalled', 0), paint.get('finish_frames', 0))}
+  {_end_line(paint.get('finish_frames', 0))}
   These values were picked on validation processes (synthetic seeds 3000 and 4000), not on the benchmark set.
 - Text model: `{out.name}/TP_llava` (or write the instructions by hand).
 - Reproducibility: every stage is seeded; on a CPU with a given thread count the tests' smoke builds come out
@@ -492,9 +492,11 @@ def _reask_line(reask: int) -> str:
     """The card's sentence on ``PaintSettings.reask``."""
     if not reask:
         return "The loop keeps the text generator's answer even when its region looks finished (`reask = 0`, the release)."
-    return (f"When the mask generator finds the named region finished for the second time, the loop asks the text "
-            f"generator for its next answers (`reask = {reask}`, beam search) and paints the first one with a region; "
-            "the release keeps the answer, and this small generator would stall on a finished region.")
+    return (f"When the mask generator finds the named region finished for the second time, or the last keyframe "
+            f"for that answer changed no region of the canvas, the loop asks the text generator for its next answers "
+            f"(`reask = {reask}`, beam search) and paints the first one with a region; the release keeps the answer, "
+            "and this small generator would stall on a finished region. When an answer that changed nothing comes "
+            "back and no other has a region, the loop stops (`nothing_left_to_paint`).")
 
 
 def _finishing_note(paint: dict) -> str:
@@ -503,15 +505,9 @@ def _finishing_note(paint: dict) -> str:
     return f", the last {n} of each cross-fading to the painting" if n else ""
 
 
-def _end_line(stalled: int, finish: int) -> str:
-    """The card's sentences on ``PaintSettings.stop_stalled`` and ``finish_frames``."""
-    from ..core.loop import STALL_MIN_KEYFRAMES
-
-    stop = (f"The loop also stops once {stalled} keyframes in a row got no closer to the reconstructed target, "
-            f"from keyframe {STALL_MIN_KEYFRAMES} on (`stop_stalled = {stalled}`): this model's distance levels off "
-            "after the first layers while each re-painted keyframe still changes a little, so the release's rules "
-            "alone would run to the keyframe limit." if stalled
-            else "The loop stops by the release's rules only (`stop_stalled = 0`).")
+def _end_line(finish: int) -> str:
+    """The card's sentences on the stop and ``PaintSettings.finish_frames``."""
+    stop = "The loop's other stops are the release's (close to the target, or the canvas no longer changing)."
     end = (f"After the stop, {finish} keyframes cross-fade (in pixels) from the last keyframe to the painting itself "
            f"(`finish_frames = {finish}`), so the time-lapse ends on the painting; the model does not render them "
            "(the manifest marks them `finishing`)." if finish

@@ -99,7 +99,7 @@ def roll_out(painter, models_dir, target: np.ndarray, labels: Sequence[str], mod
     # the rollout covers the real process's length (+ extra) whatever the model's stop and finish choices: its
     # canvases are the training data, and a finishing cross-fade asks the text generator nothing
     settings = PaintSettings.for_model(models_dir, seed=seed, short_side=short, steps=steps,
-                                       max_keyframes=len(labels) + int(extra), stop_stalled=0, finish_frames=0)
+                                       max_keyframes=len(labels) + int(extra), finish_frames=0)
     mix = ExpertMixture(labels, model_text, expert_share, seed=seed)
     n = sum(1 for _ in painter.paint(working, settings, instructions=mix))
     return mix, working, n, painter.last_stop_reason

@@ -259,7 +259,7 @@ def test_evaluate_node_scores_a_timelapse(comfy_server, pack_nodes):
 
 def test_interrupt_stops_timelapse_and_server_keeps_serving(comfy_server, pack_nodes):
     long_run = wf(MANUAL, **{"4.steps": 25, "4.max_keyframes": 50, "4.stop_target_distance": 0.0,
-                             "4.stop_change": 0.0, "4.stop_stalled": 0, "4.seed": 41})
+                             "4.stop_change": 0.0, "4.seed": 41})
     pid = comfy_server.queue(long_run)
     comfy_server.wait_until_running(pid, timeout=300)
     time.sleep(3.0)  # well inside the loop (model loaded, denoising)
