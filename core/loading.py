@@ -259,10 +259,11 @@ PAINT_DEFAULTS_BEFORE = {"scales": [2.0, 1.0, 5.0, 5.0, 5.0]}
 RETIRED_PAINT_DEFAULTS = {"denoise": 1.0, "start_from": "canvas", "keep_unmasked": False,
                           "difference_fallback": False, "stop_stalled": 0}
 # what replaced each, for the refusal
-RETIRED_BECAUSE = {"stop_stalled": "the loop now re-asks the text generator after a keyframe that changed nothing "
+_PURE_NOISE = "the starter recipe's renderer now paints from pure noise"
+RETIRED_BECAUSE = {"denoise": _PURE_NOISE, "start_from": _PURE_NOISE, "keep_unmasked": _PURE_NOISE,
+                   "difference_fallback": _PURE_NOISE,
+                   "stop_stalled": "the loop now re-asks the text generator after a keyframe that changed nothing "
                                    "(reask), and stops when no answer it offers would change the canvas"}
-RETIRED_BECAUSE.update(dict.fromkeys(("denoise", "start_from", "keep_unmasked", "difference_fallback"),
-                                     "the starter recipe's renderer now paints from pure noise"))
 
 
 def without_retired(settings: dict) -> tuple[dict, dict]:
