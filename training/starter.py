@@ -75,7 +75,9 @@ PRESETS = {
                  steps_decoder=1000, lr_decoder=5e-4,
                  vae_widths="32,64,64,64", unet_widths="32,64,64,128", context=128, text_hidden=64,
                  batch_vae=8, lr_vae=5e-4, lr_mask=3e-4, lr_renderer=2e-3, lr_text=5e-4,
-                 renderer_prediction="v_prediction", target_pairs=0.5, renderer_positions=True, cache_latents=True,
+                 # consecutive keyframe pairs only, as the release (training/README.md: ending half of them on the
+                 # finished painting taught the renderer to skip the block-in)
+                 renderer_prediction="v_prediction", target_pairs=0.0, renderer_positions=True, cache_latents=True,
                  # the target's latents as renderer input channels: without them the from-scratch renderer did
                  # not find the target through reference attention alone (training/README.md)
                  renderer_target_input=True,
