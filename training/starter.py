@@ -67,7 +67,7 @@ DECODER_BATCH = 4  # whole frames (a --size crop) per step of the decoder stage
 # full recipe and micro ("--smoke") presets; command-line options override them
 PRESETS = {
     # 32,64,64,64 VAE + 32,64,64,128 UNets: ~34 MiB with fp16 renderer/RP checkpoints (limit 40 MiB)
-    # sized to train in about 3 h on 2 CPU cores with --jobs 2 (stage times: README, training/README.md)
+    # sized to train in about 2 h 50 min on 2 CPU cores with --jobs 2 (stage times: README, training/README.md)
     "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, vae_perceptual=1.0,
                  steps_vae=3000, steps_mask=5000, steps_renderer=8000, steps_text=20000,
                  # the VAE's decoder again, alone, on whole frames (training/README.md: its streaks were what the
