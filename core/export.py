@@ -260,6 +260,8 @@ class ProcessWriter:
         """Write frame ``self.count`` (``record`` must hold ``time_s``) and its mask, then the manifest."""
         self._begin()
         k = self.count
+        if k == 0:  # a run stopped while writing its first frame still leaves a manifest to resume from
+            self._write_manifest()
         name = frame_name(k, record["time_s"])
         save_png(frame, self.out / "frames" / name,
                  {"Description": PROVENANCE, "instruction": record.get("instruction", "")})

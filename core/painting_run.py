@@ -72,7 +72,8 @@ def plan_run(out, settings: dict, mode: str = "new", what: str = "--out") -> Run
         writer, data, tensors, info = ProcessWriter.resume(out)
         compare_settings(dict(data.get("settings", {})), settings, out)
         return RunPlan(out, mode, writer, LoopState.from_saved(tensors, info) if tensors is not None else None, seen)
-    if mode == "resume" and out.is_dir() and any(out.iterdir()):
+    # a run killed after taking the folder's lock but before its manifest leaves only the (released) lock file
+    if mode == "resume" and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise OutputFolderError(f"--resume: {out} holds no run of this tool (no {MANIFEST}); nothing there is "
                                 "touched: give the folder of the run to continue")
     # an earlier run's files are only removed (overwrite) once the painting starts

@@ -667,6 +667,44 @@ def test_interrupt_keeps_a_valid_folder_and_resume_gives_the_same_frames(files, 
     assert rc == 0 and "nothing to resume" in out
 
 
+@pytest.mark.parametrize("stop_at", ["first frame", "lock only"])
+def test_a_run_killed_before_its_first_frame_is_written_resumes(files, tmp_path, capsys, monkeypatch, stop_at):
+    """Killed (no cleanup: the lock file stays) after the first frame's file but before its mask, or after the
+    folder's lock but before anything else: --resume paints the run, with the frames of an uninterrupted one."""
+    from inverse_painting.core import export
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    argv = lambda out, *x: _paint_argv(files, out, "--max-keyframes", "2", "--instructions", "sky|sea",  # noqa
+                                       "--finish-frames", "0", *x)
+    assert _run(argv(full), capsys)[0] == 0
+    save = export.save_png
+
+    def killed_at_the_mask(image, path, text=None):
+        if Path(path).parent.name == "masks":
+            raise KeyboardInterrupt
+        return save(image, path, text)
+
+    def killed_before_writing(self, frame, record, mask=None):
+        self._begin()  # the folder's lock
+        raise KeyboardInterrupt
+
+    if stop_at == "first frame":
+        monkeypatch.setattr(export, "save_png", killed_at_the_mask)
+    else:
+        monkeypatch.setattr(export.ProcessWriter, "add", killed_before_writing)
+    # a SIGKILL leaves the lock file (the lock itself goes with the process)
+    monkeypatch.setattr(export.ProcessWriter, "close", lambda self: self._lock not in (None, True) and self._lock.close())
+    assert _run(argv(part), capsys)[0] == 130
+    assert (part / export.LOCK_FILE).is_file()
+    assert (part / "frames").is_dir() == (part / "manifest.json").is_file() == (stop_at == "first frame")
+    monkeypatch.undo()
+    rc, _, err = _run(argv(part, "--resume"), capsys)
+    assert rc == 0, err
+    assert _snapshot(part / "frames") == _snapshot(full / "frames")
+    assert _snapshot(part / "masks") == _snapshot(full / "masks")
+    assert json.loads((part / "manifest.json").read_text())["status"] == "complete"
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_frames_of_an_uninterrupted_one(tmp_path):
     """A real process killed with SIGKILL after some keyframe (no cleanup at all), then resumed."""

@@ -67,7 +67,7 @@ DECODER_BATCH = 4  # whole frames (a --size crop) per step of the decoder stage
 # full recipe and micro ("--smoke") presets; command-line options override them
 PRESETS = {
     # 32,64,64,64 VAE + 32,64,64,128 UNets: ~34 MiB with fp16 renderer/RP checkpoints (limit 40 MiB)
-    # sized to train in about 2 h 50 min on 2 CPU cores with --jobs 2 (stage times: README, training/README.md)
+    # sized to train in about 3 h 15 min on 2 CPU cores with --jobs 2 (stage times: README, training/README.md)
     "full": dict(processes=240, size=128, aspect=0.8, batch_size=4, vae_crop=64, vae_perceptual=1.0,
                  steps_vae=3000, steps_mask=5000, steps_renderer=8000, steps_text=20000,
                  # the VAE's decoder again, alone, on whole frames (training/README.md: its streaks were what the
@@ -357,7 +357,7 @@ def write_model_card(out: Path, rec: dict) -> None:
         # the rollouts read every network: reused after one was retrained, they were painted by the old one
         stale = "rollouts" in st and "rollouts" not in rec["retrained"] and painters
         elsewhere = st.get("rollouts", {}).get("rollout_machine")  # same recipe, not the same bits
-        where = f", on another machine ({elsewhere})" if elsewhere else ""
+        where = f" ({elsewhere})" if elsewhere else ""
         if stale:
             many = len(painters) > 1
             retrained += (f", except the text generator: its rollout canvases were reused, painted by the previous "
