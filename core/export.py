@@ -257,7 +257,8 @@ class ProcessWriter:
         return data
 
     def add(self, frame: np.ndarray, record: dict, mask: np.ndarray | None = None) -> dict:
-        """Write frame ``self.count`` (``record`` must hold ``time_s``) and its mask, then the manifest."""
+        """Write frame ``self.count`` (``record`` must hold ``time_s``) and its mask, then the manifest (for frame 0
+        also before it)."""
         self._begin()
         k = self.count
         if k == 0:  # a run stopped while writing its first frame still leaves a manifest to resume from
