@@ -263,6 +263,21 @@ def evaluate_painting(real: PaintingSequence, generated: PaintingSequence, metri
     )
 
 
+UNMATCHED_IOU = 0.05  # a generated step under this best IoU matches no real step (iou_breakdown)
+
+
+def iou_breakdown(results) -> dict:
+    """What the mean IoU is made of, pooled over all generated steps of ``results``: how many steps match no
+    real step (best IoU under ``UNMATCHED_IOU``), how many of those change nothing the metric sees (an empty
+    mask, which scores 0), and the mean IoU of the others. A method can lose on IoU by its regions' shapes or
+    by spending keyframes on changes too faint to see; these tell which."""
+    ious = [d["iou"] for r in results for d in r.iou_details]
+    empty = sum(int(not np.asarray(m, bool).any()) for r in results if r.iou_details for m in r.generated_masks)
+    matched = [x for x in ious if x >= UNMATCHED_IOU]
+    return {"steps": len(ious), "unmatched": len(ious) - len(matched), "unchanged": empty,
+            "matched_mean": _clean(float(np.mean(matched))) if matched else None}
+
+
 def _nanmean(xs) -> float:
     xs = [x for x in xs if x is not None and not math.isnan(x)]
     return float(np.mean(xs)) if xs else float("nan")
@@ -288,6 +303,7 @@ def evaluate(pairs, metric=None, threshold: float = DIFFERENCE_THRESHOLD, short_
         "iou": _clean(_nanmean([r.iou for r in results])),
         "ddc": _clean(_nanmean([r.ddc for r in results])),
         "dts_min": _clean(_nanmean([r.dts_min for r in results])),
+        "iou_breakdown": iou_breakdown(results),
         "fid": None,
         "fid_features": None,
         "definitions": {
@@ -295,6 +311,8 @@ def evaluate(pairs, metric=None, threshold: float = DIFFERENCE_THRESHOLD, short_
             "iou": f"mean over generated consecutive-frame masks (d > {threshold}) of the best IoU with any real mask",
             "ddc": "DTW (symmetric2, / (N+M)) between distance-to-real-target curves",
             "dts_min": "|duration real - duration generated| in minutes",
+            "iou_breakdown": f"generated steps; those with best IoU < {UNMATCHED_IOU} (unmatched); those with an empty "
+                             f"mask (unchanged, among the unmatched); mean IoU of the matched ones",
             "fid": "Frechet distance between features of all real and all generated frames",
         },
     }

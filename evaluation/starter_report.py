@@ -143,6 +143,19 @@ def results_table(overall: dict) -> str:
     return "\n".join(lines)
 
 
+def iou_table(overall: dict) -> str:
+    """Markdown table of what each method's IoU is made of (:func:`.metrics.iou_breakdown`)."""
+    from .metrics import UNMATCHED_IOU
+
+    lines = [f"| method | steps | matching no real step (IoU < {UNMATCHED_IOU}) | of those, changing nothing seen | "
+             "mean IoU of the others |", "|---|---|---|---|---|"]
+    for m, o in overall.items():
+        b = o["iou_breakdown"]
+        mean = "n/a" if b["matched_mean"] is None else f"{b['matched_mean']:.4f}"
+        lines.append(f"| {LABELS.get(m, m)} | {b['steps']} | {b['unmatched']} | {b['unchanged']} | {mean} |")
+    return "\n".join(lines)
+
+
 def keyframe_strip(sequences: dict, path: Path, columns: int = 8, title: str = "") -> None:
     """Rows = methods, columns = the same moments (fractions of the real duration), nearest earlier frame."""
     from .plots import _figure, _finish
@@ -229,7 +242,7 @@ def main(argv=None) -> int:
     overall, per = {}, {}
     for m in METHODS[:1] + unfinished + METHODS[1:] + ("vae_bound",):
         rep = evaluate_method(out / m, real_dir, out / f"eval_{m}", plots=m == "starter")
-        overall[m] = {k: rep["overall"][k] for k in ("lpips", "iou", "ddc", "dts_min", "num_paintings")}
+        overall[m] = {k: rep["overall"][k] for k in ("lpips", "iou", "ddc", "dts_min", "num_paintings", "iou_breakdown")}
         per[m] = {js["name"]: {k: js.get(k) for k in ("lpips", "iou", "ddc", "dts_min")} for js in rep["paintings"]}
     table = results_table(overall)
     names = sorted(real)
@@ -248,7 +261,7 @@ def main(argv=None) -> int:
               "overall": overall, "per_painting": per, "figure_painting": fig_name,
               "seconds": round(time.time() - t0, 1)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    (out / "results.md").write_text(table + "\n")
+    (out / "results.md").write_text(table + "\n\n" + iou_table(overall) + "\n")
     if a.figures:
         fig_dir = Path(a.figures)
         fig_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +274,7 @@ def main(argv=None) -> int:
                               "sampler": sampler, "overrides": result["paint"]["overrides"], "table": table,
                               "overall": overall, "vae_floor": result["vae_floor"]["mean"],
                               "keyframes_mean": float(np.mean(list(counts.values())))})
-    print(table)
+    print(table + "\n\n" + iou_table(overall))
     print(f"results: {out / 'results.json'} ({result['seconds']} s)")
     return 0
 

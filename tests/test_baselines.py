@@ -112,11 +112,20 @@ def test_starter_report_end_to_end(tmp_path, capsys):
         own = json.loads((out / "starter_unfinished" / name / "manifest.json").read_text())["keyframes"]
         assert own == painted[:-2] and all((out / "starter_unfinished" / name / k["file"]).is_file() for k in own)
     assert (figs / "starter_strip.png").stat().st_size > 0 and (figs / "starter_time_map.png").stat().st_size > 0
-    table = (out / "results.md").read_text()
-    assert table.count("\n") == 8 and "starter model" in table and "random 8x8 tiles" in table
+    table, steps = (out / "results.md").read_text().split("\n\n")
+    assert table.count("\n") == 7 and "starter model" in table and "random 8x8 tiles" in table
     assert "top-to-bottom bands" in table
     assert "(bound, not a method)" in table and "**" not in table.splitlines()[-1]
     assert "(not ranked)" in table.splitlines()[3] and "**" not in table.splitlines()[3]
+    # the IoU breakdown: one row per method, its step count that of the method's masks
+    rows = steps.strip().splitlines()[2:]
+    assert len(rows) == len(res["overall"])
+    for row, (m, o) in zip(rows, res["overall"].items()):
+        b = o["iou_breakdown"]
+        assert row.split(" | ")[1:4] == [str(b["steps"]), str(b["unmatched"]), str(b["unchanged"])]
+        assert b["unchanged"] <= b["unmatched"] <= b["steps"]
+    # one step per keyframe after frame 0 (both smoke paintings have real steps to match)
+    assert res["overall"]["starter"]["iou_breakdown"]["steps"] == sum(res["paint"]["keyframes"].values())
     assert "| starter model |" in capsys.readouterr().out
     card = (model / "MODEL_CARD.md").read_text()
     assert "## Evaluation" in card and table.strip() in card

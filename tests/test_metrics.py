@@ -24,6 +24,7 @@ from inverse_painting.evaluation.metrics import (
     dts_minutes,
     evaluate,
     evaluate_painting,
+    iou_breakdown,
     mask_iou,
     nearest_time_indices,
     pair_distance,
@@ -140,6 +141,28 @@ def test_empty_masks_match_nothing():
     assert mean == pytest.approx(0.5)
     assert [d["best_real_transition"] for d in details] == [2, 2]  # the empty real step is no candidate
     assert np.isnan(best_match_iou([a], [empty, empty])[0])
+
+
+def test_iou_breakdown_pools_steps_over_paintings():
+    from types import SimpleNamespace
+
+    empty = np.zeros((8, 8), bool)
+    a, b, corner = empty.copy(), empty.copy(), empty.copy()
+    a[:4] = True  # top half
+    b[4:] = True  # bottom half
+    corner[:2, :2] = True  # 4 of 32 cells of a: IoU 0.125
+    sliver = empty.copy()
+    sliver[4, 0] = True  # 1 of 32 cells of b: IoU 0.031, matches no real step
+    results = []
+    for gen in ([a, empty, corner], [sliver, b]):
+        _, details = best_match_iou(gen, [a, b])
+        results.append(SimpleNamespace(iou_details=details, generated_masks=gen))
+    # a painting with no real change has no IoU details: its steps are not counted
+    results.append(SimpleNamespace(iou_details=[], generated_masks=[empty]))
+    got = iou_breakdown(results)
+    assert (got["steps"], got["unmatched"], got["unchanged"]) == (5, 2, 1)
+    assert got["matched_mean"] == pytest.approx((1 + 0.125 + 1) / 3)
+    assert iou_breakdown([])["matched_mean"] is None
 
 
 # ---------------------------------------------------------------------------------------------- Fréchet
