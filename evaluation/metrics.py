@@ -312,7 +312,8 @@ def evaluate(pairs, metric=None, threshold: float = DIFFERENCE_THRESHOLD, short_
             "ddc": "DTW (symmetric2, / (N+M)) between distance-to-real-target curves",
             "dts_min": "|duration real - duration generated| in minutes",
             "iou_breakdown": f"generated steps; those with best IoU < {UNMATCHED_IOU} (unmatched); those with an empty "
-                             f"mask (unchanged, among the unmatched); mean IoU of the matched ones",
+                             f"mask (unchanged, among the unmatched); mean IoU of the matched ones, pooled over the "
+                             f"steps of all paintings (the iou above is a mean over paintings)",
             "fid": "Frechet distance between features of all real and all generated frames",
         },
     }
