@@ -242,9 +242,10 @@ def main(argv=None) -> int:
     overall, per = {}, {}
     for m in METHODS[:1] + unfinished + METHODS[1:] + ("vae_bound",):
         rep = evaluate_method(out / m, real_dir, out / f"eval_{m}", plots=m == "starter")
-        overall[m] = {k: rep["overall"][k] for k in ("lpips", "iou", "ddc", "dts_min", "num_paintings", "iou_breakdown")}
+        keys = ("lpips", "iou", "ddc", "dts_min", "num_paintings", "iou_breakdown")
+        overall[m] = {k: rep["overall"][k] for k in keys}
         per[m] = {js["name"]: {k: js.get(k) for k in ("lpips", "iou", "ddc", "dts_min")} for js in rep["paintings"]}
-    table = results_table(overall)
+    table, steps_table = results_table(overall), iou_table(overall)
     names = sorted(real)
     fig_name = names[a.figure_painting % len(names)]
     gen = {m: load_sequences(out / m / fig_name) for m in METHODS}
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
               "overall": overall, "per_painting": per, "figure_painting": fig_name,
               "seconds": round(time.time() - t0, 1)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    (out / "results.md").write_text(table + "\n\n" + iou_table(overall) + "\n")
+    (out / "results.md").write_text(table + "\n\n" + steps_table + "\n")
     if a.figures:
         fig_dir = Path(a.figures)
         fig_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
                               "sampler": sampler, "overrides": result["paint"]["overrides"], "table": table,
                               "overall": overall, "vae_floor": result["vae_floor"]["mean"],
                               "keyframes_mean": float(np.mean(list(counts.values())))})
-    print(table + "\n\n" + iou_table(overall))
+    print(table + "\n\n" + steps_table)
     print(f"results: {out / 'results.json'} ({result['seconds']} s)")
     return 0
 

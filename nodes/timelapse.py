@@ -94,8 +94,9 @@ def _user_masks(masks, n_max: int):
 
 class InversePaintingTimelapse:
     DESCRIPTION = ("Reconstructs a painting process: from a blank (or given) canvas to the target, one keyframe "
-                   "per interval, until the result is close to the target, stops changing (with re-asking: nothing the "
-                   "text model offers would change it), or max_keyframes; then optional frames cross-fading to the painting itself. "
+                   "per interval, until the result is close to the target, stops changing (with re-asking: nothing "
+                   "the text model offers would change it), or max_keyframes; then optional frames cross-fading to "
+                   "the painting itself. "
                    "Returns the frames (first = start canvas), the masks, the instructions and a JSON timeline. A batch "
                    "of targets is painted one after the other, one output item per painting (a Save node after it "
                    "writes a folder each).")

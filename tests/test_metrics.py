@@ -163,6 +163,13 @@ def test_iou_breakdown_pools_steps_over_paintings():
     assert (got["steps"], got["unmatched"], got["unchanged"]) == (5, 2, 1)
     assert got["matched_mean"] == pytest.approx((1 + 0.125 + 1) / 3)
     assert iou_breakdown([])["matched_mean"] is None
+    # the bound itself counts as a match: 1 cell of a 20-cell real region is IoU 0.05
+    real = empty.copy()
+    real.flat[:20] = True
+    one = empty.copy()
+    one.flat[0] = True
+    _, details = best_match_iou([one], [real])
+    assert iou_breakdown([SimpleNamespace(iou_details=details, generated_masks=[one])])["unmatched"] == 0
 
 
 # ---------------------------------------------------------------------------------------------- Fréchet
